@@ -37,3 +37,7 @@ deps:
 ## bench: run every benchmark and print figures side by side with their baselines
 bench:
 	scripts/bench.sh
+
+## bench-NAME: run one benchmark, for example `make bench-control-plane`
+bench-%:
+	scripts/bench.sh $*

@@ -16,7 +16,7 @@ fi
 
 scripts/cluster.sh up
 kubeconfig=${RENKU_SSH_RUN_DIR:-$root/.run}/cluster/kubeconfig
-kubectl --kubeconfig "$kubeconfig" apply --server-side --field-manager=renku-ssh-up -f crds/ >/dev/null
+"$root/scripts/kubectl.sh" --kubeconfig "$kubeconfig" apply --server-side --field-manager=renku-ssh-up -f crds/ >/dev/null
 echo "CRDs installed: $(ls crds | tr '\n' ' ')"
 
 # TODO: start the operator, the gateway and a sample session here once their binaries exist.

@@ -42,5 +42,5 @@ for attempt in 1 2 3; do
     rss=$((rss + kib))
   done
   row "start-up to ready, run $attempt" "${seconds} s, resident after start $((rss / 1024)) MiB"
-  RENKU_SSH_RUN_DIR=$scratch/run "$root/scripts/cluster.sh" down >/dev/null
+  RENKU_SSH_RUN_DIR=$scratch/run "$root/scripts/cluster.sh" down >/dev/null 2>&1
 done
