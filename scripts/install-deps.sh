@@ -7,8 +7,11 @@ packages=(
   curl
   iproute2
   openssh-client
+  openssh-server
   openssl
   procps
+  unzip
+  util-linux
 )
 
 missing=()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, clippy, unit tests and the integration tests against the
-# local control plane. Starts the control plane when it is not running and stops what it started.
+# local control plane and Keycloak. Starts each of them when it is not running and stops what it
+# started.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,7 +11,10 @@ started=()
 stop_started() {
   local status=$?
   for service in "${started[@]}"; do
-    "$root/scripts/$service.sh" down || true
+    case $service in
+    cluster) "$root/scripts/cluster.sh" down || true ;;
+    keycloak) "$root/scripts/keycloak.sh" stop || true ;;
+    esac
   done
   exit "$status"
 }
@@ -19,6 +23,10 @@ trap stop_started EXIT
 if ! scripts/cluster.sh status >/dev/null 2>&1; then
   scripts/cluster.sh up
   started+=(cluster)
+fi
+if ! scripts/keycloak.sh status >/dev/null 2>&1; then
+  scripts/keycloak.sh start
+  started+=(keycloak)
 fi
 
 echo "== rustfmt" >&2
