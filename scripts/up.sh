@@ -1,30 +1,155 @@
 #!/usr/bin/env bash
-# The main job: a local control plane with the project's CRDs, the operator, the gateway and a
-# sample session to `ssh` into.
+# The main job: a local control plane with the project's CRDs, the operator (with its admission
+# webhook), the gateway and a sample session whose pod runs the injected renku-sshd in a network
+# namespace. Prints an ssh command that opens a shell in the session.
 #
 #   scripts/up.sh        start everything and print the ssh command
 #   scripts/up.sh down   stop everything it started
+#
+# Needs root (the session pod's network namespace). State and logs live in .run/demo/.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+run_dir=${RENKU_SSH_RUN_DIR:-$root/.run}
+demo="$run_dir/demo"
+kubeconfig="$run_dir/cluster/kubeconfig"
+system_namespace=renku-ssh
+session_namespace=renku
+session=demo-0123456789ab
+owner=demo-user-0001
+
+log() { echo "up: $*" >&2; }
+kubectl() { "$root/scripts/kubectl.sh" --kubeconfig "$kubeconfig" "$@"; }
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+stop_processes() {
+  for name in pod-runner gateway operator; do
+    local pid_file="$demo/$name.pid"
+    [[ -f $pid_file ]] || continue
+    local pid
+    pid=$(cat "$pid_file")
+    if kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pid_file"
+  done
+}
 
 if [[ ${1:-} == down ]]; then
+  stop_processes
   scripts/cluster.sh down
+  rm -rf "$demo"
   exit 0
 fi
+if [[ $(id -u) != 0 ]]; then
+  log "the sample session's pod runs in a network namespace, which needs root; run as root"
+  exit 1
+fi
 
+stop_processes
+mkdir -p "$demo"
 scripts/cluster.sh up
-kubeconfig=${RENKU_SSH_RUN_DIR:-$root/.run}/cluster/kubeconfig
-"$root/scripts/kubectl.sh" --kubeconfig "$kubeconfig" apply --server-side --field-manager=renku-ssh-up -f crds/ >/dev/null
-echo "CRDs installed: $(ls crds | tr '\n' ' ')"
 
-# TODO: start the operator, the gateway and a sample session here once their binaries exist.
-echo "operator: not built yet"
-echo "gateway: not built yet"
-echo "sample session: not built yet"
-echo
-echo "The control plane is running. Use it with:"
-echo "  export KUBECONFIG=$kubeconfig"
-echo "  kubectl get ns"
-echo "Stop it with: make down"
+log "building renku-ssh-operator, renku-ssh-gateway, renku-sshd and pod-runner"
+cargo build --locked -q -p renku-ssh-operator -p renku-ssh-gateway -p renku-sshd \
+  -p renku-ssh-testkit --bin renku-ssh-operator --bin renku-ssh-gateway --bin renku-sshd \
+  --bin pod-runner
+target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+bin="$target/debug"
+
+kubectl apply --server-side --field-manager=renku-ssh-up -f crds/ >/dev/null
+kubectl create namespace "$system_namespace" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl create namespace "$session_namespace" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+
+# The user's key pair and the gateway's host key, made once and kept.
+[[ -f $demo/id_ed25519 ]] || ssh-keygen -q -t ed25519 -N '' -C demo-laptop -f "$demo/id_ed25519"
+[[ -f $demo/gateway_host_key ]] || ssh-keygen -q -t ed25519 -N '' -C gateway -f "$demo/gateway_host_key"
+
+webhook_port=$(free_port)
+operator_admin=$(free_port)
+gateway_port=$(free_port)
+gateway_admin=$(free_port)
+
+log "starting the operator (admission webhook on 127.0.0.1:$webhook_port)"
+KUBECONFIG=$kubeconfig POD_NAMESPACE=$system_namespace "$bin/renku-ssh-operator" \
+  --ssh-policy annotated --gateway-host 127.0.0.1 --gateway-port "$gateway_port" \
+  --ca-secret "$system_namespace/renku-ssh-gateway-ca" \
+  --admin-address "127.0.0.1:$operator_admin" --lease-namespace "$system_namespace" \
+  --webhook --webhook-address "127.0.0.1:$webhook_port" \
+  --webhook-register-url "https://127.0.0.1:$webhook_port/mutate" \
+  --webhook-extra-san 127.0.0.1 --webhook-install-image renku-ssh-sshd:local \
+  >"$demo/operator.log" 2>&1 &
+echo $! >"$demo/operator.pid"
+
+log "starting the gateway on 127.0.0.1:$gateway_port"
+KUBECONFIG=$kubeconfig POD_NAMESPACE=$system_namespace "$bin/renku-ssh-gateway" \
+  --listen "127.0.0.1:$gateway_port" --host-key "$demo/gateway_host_key" \
+  --admin-address "127.0.0.1:$gateway_admin" >"$demo/gateway.log" 2>&1 &
+echo $! >"$demo/gateway.pid"
+
+wait_http() {
+  local url=$1 what=$2
+  for _ in $(seq 1 300); do
+    curl -sf --max-time 1 "$url" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  log "$what did not become ready; its log:"
+  tail -n 30 "$demo/$what.log" >&2
+  return 1
+}
+wait_http "http://127.0.0.1:$operator_admin/readyz" operator
+wait_http "http://127.0.0.1:$gateway_admin/readyz" gateway
+
+log "creating session $session_namespace/$session, its keys Secret and the pod amalthea would make"
+kubectl -n "$session_namespace" create secret generic "$owner-keys" \
+  --from-file=authorized_keys="$demo/id_ed25519.pub" --dry-run=client -o yaml |
+  kubectl apply --server-side --field-manager=renku-ssh-up -f - >/dev/null
+sed -e "s/@SESSION@/$session/g" -e "s/@OWNER@/$owner/g" manifests/samples/session.yaml |
+  kubectl -n "$session_namespace" apply --server-side --field-manager=renku-ssh-up -f - >/dev/null
+
+# No kubelet runs here: pod-runner gives the session pod a network namespace, lays out its
+# Secret volumes as kubelet does and runs the injected renku-sshd with the sidecar's arguments.
+KUBECONFIG=$kubeconfig RENKU_SSH_KUBECONFIG=$kubeconfig RENKU_SSHD_BIN="$bin/renku-sshd" \
+  "$bin/pod-runner" "$session_namespace" "$session-0" >"$demo/pod-runner.log" 2>&1 &
+echo $! >"$demo/pod-runner.pid"
+
+log "waiting until SSHAccess $session_namespace/$session is Ready"
+if ! kubectl -n "$session_namespace" wait "sshaccess/$session" --for=condition=Ready --timeout=120s >/dev/null; then
+  kubectl -n "$session_namespace" get sshaccess "$session" -o yaml >&2 || true
+  tail -n 20 "$demo/pod-runner.log" >&2
+  exit 1
+fi
+
+# The gateway's host key goes into known_hosts: host-key checking stays on.
+echo "[127.0.0.1]:$gateway_port $(cut -d' ' -f1,2 "$demo/gateway_host_key.pub")" >"$demo/known_hosts"
+cat >"$demo/ssh_config" <<EOF
+Host $session
+  HostName 127.0.0.1
+  Port $gateway_port
+  User $session
+  IdentityFile $demo/id_ed25519
+  IdentitiesOnly yes
+  UserKnownHostsFile $demo/known_hosts
+EOF
+
+cat <<EOF
+
+The session is ready. Open a shell in it with:
+
+  ssh -F $demo/ssh_config $session
+
+or, without the config file:
+
+  ssh -i $demo/id_ed25519 -o UserKnownHostsFile=$demo/known_hosts -p $gateway_port $session@127.0.0.1
+
+See what the operator keeps for it:
+
+  scripts/kubectl.sh -n $session_namespace get sshaccess
+
+Logs are in $demo/. Stop everything with: make down
+EOF
