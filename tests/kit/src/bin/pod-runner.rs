@@ -1,7 +1,7 @@
 //! Stands in for a kubelet for the SSH sidecar of session pods on a machine without one.
 //!
-//! `pod-runner <namespace> <pod>` waits for the pod, gives it a network namespace of its own
-//! ([`PodSandbox`]), mounts the Secret volumes of its `renku-ssh` container and keeps them in
+//! `pod-runner <namespace> <pod>` waits for the pod and gives it a network namespace of its own
+//! ([`PodSandbox`]). It mounts the Secret volumes of the `renku-ssh` container and keeps them in
 //! sync as kubelet does, starts the real `renku-sshd` with the container's arguments, and writes
 //! the pod's status (Running, with the sandbox address as `podIP`). It runs until SIGTERM or
 //! SIGINT and then removes the sandbox. Needs root for the network namespace.
