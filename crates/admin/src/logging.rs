@@ -30,10 +30,16 @@ impl FromStr for LogFormat {
 /// to `info`.
 pub fn init_logging(format: LogFormat) -> Result<(), Error> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
     };
     result.map_err(|error| Error::Logging(error.to_string()))
 }
@@ -50,7 +56,9 @@ mod tests {
 
     #[test]
     fn log_format_rejects_unknown_name() {
-        let error = "yaml".parse::<LogFormat>().expect_err("yaml is not a log format");
+        let error = "yaml"
+            .parse::<LogFormat>()
+            .expect_err("yaml is not a log format");
         assert!(error.to_string().contains("\"yaml\""), "{error}");
         assert!(error.to_string().contains("`json`"), "{error}");
     }

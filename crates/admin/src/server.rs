@@ -72,7 +72,9 @@ impl AdminServer {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
     }
 }
 
@@ -88,7 +90,11 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let mut body = String::new();
     if let Err(error) = prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         tracing::error!(%error, "failed to encode metrics");
-        return (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], body);
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            body,
+        );
     }
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body)
@@ -119,7 +125,9 @@ mod tests {
 
     async fn get_path(address: SocketAddr, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
         let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut response = String::new();

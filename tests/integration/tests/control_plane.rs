@@ -16,13 +16,16 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, CustomResource, CustomResourceExt, Resource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use testkit::{
-    TestNamespace, apply_crd, connect, mark_pod_running, wait_for, wait_until_deleted,
-};
+use testkit::{TestNamespace, apply_crd, connect, mark_pod_running, wait_for, wait_until_deleted};
 
 /// A throwaway resource that exists only to exercise the API server.
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema)]
-#[kube(group = "test.renku-ssh.io", version = "v1", kind = "Probe", namespaced)]
+#[kube(
+    group = "test.renku-ssh.io",
+    version = "v1",
+    kind = "Probe",
+    namespaced
+)]
 struct ProbeSpec {
     size: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,14 +45,20 @@ async fn custom_object_is_watched_and_applied() -> anyhow::Result<()> {
     let mut events = watcher::watcher(probes.clone(), config).boxed();
     // The first events replay the (empty) initial list; the object comes after.
     let owner = PatchParams::apply("renku-ssh-owner");
-    let probe = Probe::new("first", ProbeSpec { size: 1, color: None });
+    let probe = Probe::new(
+        "first",
+        ProbeSpec {
+            size: 1,
+            color: None,
+        },
+    );
     probes.patch("first", &owner, &Patch::Apply(&probe)).await?;
     let seen = tokio::time::timeout(TIMEOUT, async {
         while let Some(event) = events.try_next().await? {
-            if let Event::Apply(object) | Event::InitApply(object) = event {
-                if object.name_any() == "first" {
-                    return anyhow::Ok(object);
-                }
+            if let Event::Apply(object) | Event::InitApply(object) = event
+                && object.name_any() == "first"
+            {
+                return anyhow::Ok(object);
             }
         }
         anyhow::bail!("watch ended before the object was seen")
@@ -65,14 +74,19 @@ async fn custom_object_is_watched_and_applied() -> anyhow::Result<()> {
         "metadata": { "name": "first" },
         "spec": { "size": 2, "color": "blue" },
     });
-    let probe = probes.patch("first", &owner, &Patch::Apply(&applied)).await?;
+    let probe = probes
+        .patch("first", &owner, &Patch::Apply(&applied))
+        .await?;
     assert_eq!(probe.spec.size, 2);
     let managers: Vec<_> = probe
         .managed_fields()
         .iter()
         .filter_map(|entry| entry.manager.clone())
         .collect();
-    assert!(managers.contains(&"renku-ssh-owner".to_string()), "managers: {managers:?}");
+    assert!(
+        managers.contains(&"renku-ssh-owner".to_string()),
+        "managers: {managers:?}"
+    );
 
     let rival = serde_json::json!({
         "apiVersion": "test.renku-ssh.io/v1",
@@ -81,7 +95,11 @@ async fn custom_object_is_watched_and_applied() -> anyhow::Result<()> {
         "spec": { "size": 3 },
     });
     let conflict = probes
-        .patch("first", &PatchParams::apply("renku-ssh-rival"), &Patch::Apply(&rival))
+        .patch(
+            "first",
+            &PatchParams::apply("renku-ssh-rival"),
+            &Patch::Apply(&rival),
+        )
         .await
         .expect_err("a second manager must conflict on spec.size");
     assert!(
@@ -89,9 +107,15 @@ async fn custom_object_is_watched_and_applied() -> anyhow::Result<()> {
         "expected 409 Conflict, got {conflict:?}"
     );
     let forced = PatchParams::apply("renku-ssh-rival").force();
-    let probe = probes.patch("first", &forced, &Patch::Apply(&rival)).await?;
+    let probe = probes
+        .patch("first", &forced, &Patch::Apply(&rival))
+        .await?;
     assert_eq!(probe.spec.size, 3);
-    assert_eq!(probe.spec.color.as_deref(), Some("blue"), "fields of the first manager stay");
+    assert_eq!(
+        probe.spec.color.as_deref(),
+        Some("blue"),
+        "fields of the first manager stay"
+    );
 
     namespace.delete_and_wait().await
 }
@@ -109,15 +133,24 @@ async fn owned_object_is_garbage_collected() -> anyhow::Result<()> {
         api_version: "v1".to_string(),
         kind: "ConfigMap".to_string(),
         name: owner.name_any(),
-        uid: owner.meta().uid.clone().expect("created objects have a uid"),
+        uid: owner
+            .meta()
+            .uid
+            .clone()
+            .expect("created objects have a uid"),
         controller: Some(true),
         block_owner_deletion: Some(true),
     };
     config_maps
-        .create(&PostParams::default(), &config_map("owned", Some(reference)))
+        .create(
+            &PostParams::default(),
+            &config_map("owned", Some(reference)),
+        )
         .await?;
 
-    config_maps.delete("owner", &DeleteParams::background()).await?;
+    config_maps
+        .delete("owner", &DeleteParams::background())
+        .await?;
     wait_until_deleted(&config_maps, "owned", TIMEOUT).await?;
 
     namespace.delete_and_wait().await
@@ -142,15 +175,30 @@ async fn stateful_set_pod_is_created_and_marked_running() -> anyhow::Result<()> 
     let client = connect().await?;
     let namespace = TestNamespace::create(&client, "control-plane").await?;
     // The ServiceAccount admission plugin rejects pods until the default account exists.
-    wait_for(&namespace.api::<ServiceAccount>(), "default", TIMEOUT, |_| true).await?;
+    wait_for(
+        &namespace.api::<ServiceAccount>(),
+        "default",
+        TIMEOUT,
+        |_| true,
+    )
+    .await?;
     let labels = BTreeMap::from([("app".to_string(), "probe".to_string())]);
     let stateful_set = StatefulSet {
-        metadata: ObjectMeta { name: Some("probe".to_string()), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some("probe".to_string()),
+            ..Default::default()
+        },
         spec: Some(StatefulSetSpec {
             replicas: Some(1),
-            selector: LabelSelector { match_labels: Some(labels.clone()), ..Default::default() },
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            },
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
                 spec: Some(PodSpec {
                     containers: vec![Container {
                         name: "main".to_string(),

@@ -47,7 +47,13 @@ async fn api_server_accepts_project_crds() -> anyhow::Result<()> {
     let message = create_message(&accesses, "valid", valid_spec()).await;
     assert_eq!(message, None);
     let created = accesses.get("valid").await?;
-    assert_eq!(created.spec.keys_from[0].secret_ref.as_ref().map(|s| s.key.as_str()), Some("authorized_keys"));
+    assert_eq!(
+        created.spec.keys_from[0]
+            .secret_ref
+            .as_ref()
+            .map(|s| s.key.as_str()),
+        Some("authorized_keys")
+    );
 
     namespace.delete_and_wait().await
 }
@@ -60,11 +66,13 @@ async fn api_server_enforces_cel_rules() -> anyhow::Result<()> {
     let accesses: Api<SshAccess> = namespace.api();
 
     let mut both_sources = valid_spec();
-    both_sources["keysFrom"] =
-        json!([{ "secretRef": { "name": "keys" }, "userPreferences": {} }]);
+    both_sources["keysFrom"] = json!([{ "secretRef": { "name": "keys" }, "userPreferences": {} }]);
     let message = create_message(&accesses, "both-sources", both_sources).await;
     let message = message.expect("two sources in one entry must be rejected");
-    assert!(message.contains("exactly one of secretRef or userPreferences"), "{message}");
+    assert!(
+        message.contains("exactly one of secretRef or userPreferences"),
+        "{message}"
+    );
 
     let mut spaced_user = valid_spec();
     spaced_user["user"] = json!("alice smith");
@@ -85,7 +93,10 @@ async fn api_server_enforces_cel_rules() -> anyhow::Result<()> {
     assert!(message.contains("DNS label"), "{message}");
 
     // sessionRef is immutable once created.
-    assert_eq!(create_message(&accesses, "moving", valid_spec()).await, None);
+    assert_eq!(
+        create_message(&accesses, "moving", valid_spec()).await,
+        None
+    );
     let moved = json!({
         "apiVersion": "ssh.renku.io/v1alpha1",
         "kind": "SSHAccess",
@@ -93,10 +104,17 @@ async fn api_server_enforces_cel_rules() -> anyhow::Result<()> {
         "spec": { "sessionRef": { "name": "bob-0f3a9c2b7d41" } },
     });
     let error = accesses
-        .patch("moving", &PatchParams::apply(TEST_FIELD_MANAGER).force(), &Patch::Apply(&moved))
+        .patch(
+            "moving",
+            &PatchParams::apply(TEST_FIELD_MANAGER).force(),
+            &Patch::Apply(&moved),
+        )
         .await
         .expect_err("changing sessionRef must be rejected");
-    assert!(error.to_string().contains("sessionRef is immutable"), "{error}");
+    assert!(
+        error.to_string().contains("sessionRef is immutable"),
+        "{error}"
+    );
 
     namespace.delete_and_wait().await
 }
@@ -130,7 +148,9 @@ async fn amalthea_session_keeps_unknown_fields() -> anyhow::Result<()> {
         .annotations
         .get_or_insert_with(Default::default)
         .insert("ssh.renku.io/enabled".to_string(), "true".to_string());
-    sessions.replace("alice-0f3a9c2b7d41", &PostParams::default(), &read).await?;
+    sessions
+        .replace("alice-0f3a9c2b7d41", &PostParams::default(), &read)
+        .await?;
 
     let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
         client.clone(),
@@ -139,8 +159,14 @@ async fn amalthea_session_keeps_unknown_fields() -> anyhow::Result<()> {
     );
     let stored = raw.get("alice-0f3a9c2b7d41").await?;
     assert_eq!(stored.data["spec"]["futureSpecField"], json!("kept"));
-    assert_eq!(stored.data["spec"]["session"]["futureSessionField"]["nested"], json!([1, 2, 3]));
-    assert_eq!(stored.metadata.annotations.unwrap_or_default()["ssh.renku.io/enabled"], "true");
+    assert_eq!(
+        stored.data["spec"]["session"]["futureSessionField"]["nested"],
+        json!([1, 2, 3])
+    );
+    assert_eq!(
+        stored.metadata.annotations.unwrap_or_default()["ssh.renku.io/enabled"],
+        "true"
+    );
 
     namespace.delete_and_wait().await
 }

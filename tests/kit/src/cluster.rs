@@ -7,17 +7,13 @@ use kube::{Client, Config};
 /// Environment variable that points tests at a kubeconfig other than the local control plane's.
 pub const KUBECONFIG_ENV: &str = "RENKU_SSH_KUBECONFIG";
 
-const START_HINT: &str =
-    "start the local control plane with `make cluster-up` (or run the tests with `make test`, \
+const START_HINT: &str = "start the local control plane with `make cluster-up` (or run the tests with `make test`, \
      which starts and stops it)";
 
 /// Returns the root of the Cargo workspace, where `crds/`, `scripts/` and `.run/` live.
 pub fn workspace_root() -> PathBuf {
     let kit = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    kit.ancestors()
-        .nth(2)
-        .map(PathBuf::from)
-        .unwrap_or(kit)
+    kit.ancestors().nth(2).map(PathBuf::from).unwrap_or(kit)
 }
 
 /// Returns the kubeconfig path: `$RENKU_SSH_KUBECONFIG`, else the one `scripts/cluster.sh up`
@@ -48,7 +44,10 @@ pub async fn connect() -> anyhow::Result<Client> {
         .with_context(|| format!("loading kubeconfig {}", path.display()))?;
     let client = Client::try_from(config).context("building the Kubernetes client")?;
     client.apiserver_version().await.with_context(|| {
-        format!("the API server in {} does not answer: {START_HINT}", path.display())
+        format!(
+            "the API server in {} does not answer: {START_HINT}",
+            path.display()
+        )
     })?;
     Ok(client)
 }

@@ -11,16 +11,26 @@ use crate::{TEST_FIELD_MANAGER, wait_for, workspace_root};
 /// Applies a CRD with server-side apply and waits until the API server reports it Established.
 pub async fn apply_crd(client: &Client, crd: &CustomResourceDefinition) -> anyhow::Result<()> {
     let api = Api::<CustomResourceDefinition>::all(client.clone());
-    let name = crd.metadata.name.clone().context("CRD without metadata.name")?;
-    api.patch(&name, &PatchParams::apply(TEST_FIELD_MANAGER).force(), &Patch::Apply(crd))
-        .await
-        .with_context(|| format!("applying CRD {name}"))?;
+    let name = crd
+        .metadata
+        .name
+        .clone()
+        .context("CRD without metadata.name")?;
+    api.patch(
+        &name,
+        &PatchParams::apply(TEST_FIELD_MANAGER).force(),
+        &Patch::Apply(crd),
+    )
+    .await
+    .with_context(|| format!("applying CRD {name}"))?;
     wait_for(&api, &name, Duration::from_secs(30), |crd| {
         crd.status
             .as_ref()
             .and_then(|status| status.conditions.as_ref())
             .is_some_and(|conditions| {
-                conditions.iter().any(|c| c.type_ == "Established" && c.status == "True")
+                conditions
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
             })
     })
     .await?;

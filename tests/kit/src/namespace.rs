@@ -41,7 +41,11 @@ impl TestNamespace {
         Api::<Namespace>::all(client.clone())
             .create(&PostParams::default(), &namespace)
             .await?;
-        Ok(Self { name, client: client.clone(), deleted: false })
+        Ok(Self {
+            name,
+            client: client.clone(),
+            deleted: false,
+        })
     }
 
     /// Returns the namespace's name.
@@ -76,7 +80,9 @@ impl Drop for TestNamespace {
         // The test's client is bound to the test's runtime, which may be the thread that is
         // dropping this value, so the delete runs on a fresh runtime with a fresh client.
         let outcome = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(async {
                 let client = crate::connect().await?;
                 Api::<Namespace>::all(client)

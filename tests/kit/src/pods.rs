@@ -18,7 +18,11 @@ pub async fn set_pod_status(api: &Api<Pod>, name: &str, status: PodStatus) -> an
 pub async fn mark_pod_running(api: &Api<Pod>, name: &str, pod_ip: &str) -> anyhow::Result<Pod> {
     let pod = api.get(name).await?;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let containers = pod.spec.as_ref().map(|spec| spec.containers.as_slice()).unwrap_or_default();
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|spec| spec.containers.as_slice())
+        .unwrap_or_default();
     let container_statuses = containers
         .iter()
         .map(|container| ContainerStatus {
@@ -29,7 +33,9 @@ pub async fn mark_pod_running(api: &Api<Pod>, name: &str, pod_ip: &str) -> anyho
             restart_count: 0,
             started: Some(true),
             state: Some(ContainerState {
-                running: Some(ContainerStateRunning { started_at: Some(now.clone()) }),
+                running: Some(ContainerStateRunning {
+                    started_at: Some(now.clone()),
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -47,7 +53,9 @@ pub async fn mark_pod_running(api: &Api<Pod>, name: &str, pod_ip: &str) -> anyho
     let status = PodStatus {
         phase: Some("Running".to_string()),
         pod_ip: Some(pod_ip.to_string()),
-        pod_ips: Some(vec![PodIP { ip: pod_ip.to_string() }]),
+        pod_ips: Some(vec![PodIP {
+            ip: pod_ip.to_string(),
+        }]),
         host_ip: Some("127.0.0.1".to_string()),
         start_time: Some(now),
         conditions: Some(conditions),

@@ -35,7 +35,11 @@ where
 }
 
 /// Polls until `name` no longer exists.
-pub async fn wait_until_deleted<K>(api: &Api<K>, name: &str, timeout: Duration) -> anyhow::Result<()>
+pub async fn wait_until_deleted<K>(
+    api: &Api<K>,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<()>
 where
     K: Clone + DeserializeOwned + Debug,
 {

@@ -37,15 +37,22 @@ async fn main() -> anyhow::Result<()> {
     let sidecar = sidecar_of(&pod)?;
 
     let mut sandbox = PodSandbox::create(subnet)?;
-    let mut arguments: Vec<String> =
-        sidecar.command.iter().flatten().chain(sidecar.args.iter().flatten()).cloned().collect();
+    let mut arguments: Vec<String> = sidecar
+        .command
+        .iter()
+        .flatten()
+        .chain(sidecar.args.iter().flatten())
+        .cloned()
+        .collect();
     if arguments.is_empty() {
         bail!("container {SIDECAR} of pod {pod_name} has neither command nor args");
     }
     // The init container would copy renku-sshd into the pod; here the locally built one runs.
     arguments.remove(0);
     for (mount_path, secret_name, volume) in secret_mounts(&pod, &sidecar) {
-        let directory = sandbox.mount_secret(&client, namespace, &secret_name, &volume).await?;
+        let directory = sandbox
+            .mount_secret(&client, namespace, &secret_name, &volume)
+            .await?;
         rewrite_prefix(&mut arguments, &mount_path, &directory);
     }
     sandbox.spawn(SIDECAR, &sshd_binary()?, &arguments)?;
@@ -57,19 +64,30 @@ async fn main() -> anyhow::Result<()> {
     );
 
     admin::shutdown_signal().await;
-    println!("pod-runner: stopping {namespace}/{pod_name}; sidecar log:\n{}", sandbox.log(SIDECAR));
+    println!(
+        "pod-runner: stopping {namespace}/{pod_name}; sidecar log:\n{}",
+        sandbox.log(SIDECAR)
+    );
     Ok(())
 }
 
 fn sidecar_of(pod: &Pod) -> anyhow::Result<Container> {
-    let containers = pod.spec.as_ref().map(|spec| spec.containers.as_slice()).unwrap_or_default();
-    containers.iter().find(|container| container.name == SIDECAR).cloned().with_context(|| {
-        format!(
-            "pod {} has no {SIDECAR} container: the admission webhook did not inject it; \
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|spec| spec.containers.as_slice())
+        .unwrap_or_default();
+    containers
+        .iter()
+        .find(|container| container.name == SIDECAR)
+        .cloned()
+        .with_context(|| {
+            format!(
+                "pod {} has no {SIDECAR} container: the admission webhook did not inject it; \
              check that the operator runs and that SSH is enabled for the session",
-            pod.metadata.name.as_deref().unwrap_or_default()
-        )
-    })
+                pod.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
 }
 
 /// Returns `(mount path, Secret name, volume name)` for each Secret volume the sidecar mounts.
@@ -122,9 +140,16 @@ mod tests {
             "--authorized-keys=/etc/renku-ssh/hostkeys-other/x".to_owned(),
             "/etc/renku-ssh/hostkey".to_owned(),
         ];
-        rewrite_prefix(&mut arguments, "/etc/renku-ssh/hostkey", std::path::Path::new("/tmp/v"));
+        rewrite_prefix(
+            &mut arguments,
+            "/etc/renku-ssh/hostkey",
+            std::path::Path::new("/tmp/v"),
+        );
         assert_eq!(arguments[1], "/tmp/v/ssh_host_ed25519_key");
-        assert_eq!(arguments[2], "--authorized-keys=/etc/renku-ssh/hostkeys-other/x");
+        assert_eq!(
+            arguments[2],
+            "--authorized-keys=/etc/renku-ssh/hostkeys-other/x"
+        );
         assert_eq!(arguments[3], "/tmp/v");
     }
 }
