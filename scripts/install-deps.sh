@@ -10,6 +10,7 @@ packages=(
   openssh-server
   openssl
   procps
+  python3
   unzip
   util-linux
 )

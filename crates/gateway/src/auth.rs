@@ -1,0 +1,372 @@
+//! Login policy: which public key may log in to which session, decided from the watched
+//! SSHAccess and AmaltheaSession objects.
+//!
+//! A key may log in as `<session>` when its fingerprint is in `status.acceptedKeys` of an
+//! SSHAccess for that session that is not expired or being deleted, whose `spec.user` is the
+//! owner named by the session's `renku.io/safe-username` label, in the session's namespace.
+//! Every reason for a rejection gives the client the same answer; the [`Denial`] is for logs
+//! and metrics only.
+
+use std::sync::Arc;
+
+use api::SshAccess;
+use api::ssh_access::Forwarding;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::routing::Lookup;
+
+/// Label on an AmaltheaSession that names its owner.
+pub const OWNER_LABEL: &str = "renku.io/safe-username";
+
+/// A login that the policy allows.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// Namespace of the session and its SSHAccess.
+    pub namespace: String,
+    /// Session name, also the SSH user name.
+    pub session: String,
+    /// Name of the SSHAccess that lists the key.
+    pub access: String,
+    /// Identity-provider subject of the owner.
+    pub user: String,
+    /// Fingerprint of the key that logged in (`SHA256:...`).
+    pub fingerprint: String,
+    /// Forwarding the SSHAccess allows.
+    pub forwarding: Forwarding,
+    /// The SSHAccess as it was when the grant was made.
+    pub access_object: Arc<SshAccess>,
+}
+
+/// Why a login was rejected. The client never learns which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// No SSHAccess names the session.
+    UnknownSession,
+    /// The SSHAccess exists but its session does not.
+    SessionMissing,
+    /// No SSHAccess for the session lists the key.
+    KeyNotAccepted,
+    /// The SSHAccess that lists the key has expired or is being deleted.
+    Expired,
+    /// The SSHAccess's user is not the session's owner.
+    OwnerMismatch,
+    /// Sessions of that name exist in several namespaces, so the name is not a unique route.
+    Ambiguous,
+}
+
+impl Denial {
+    /// Returns the label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownSession => "unknown_session",
+            Self::SessionMissing => "session_missing",
+            Self::KeyNotAccepted => "key_not_accepted",
+            Self::Expired => "expired",
+            Self::OwnerMismatch => "owner_mismatch",
+            Self::Ambiguous => "ambiguous_session",
+        }
+    }
+}
+
+/// Decides whether the key with `fingerprint` may log in to `session` at time `now`.
+pub fn authorize(
+    lookup: &impl Lookup,
+    session: &str,
+    fingerprint: &str,
+    now: Timestamp,
+) -> Result<Grant, Denial> {
+    let mut accesses = lookup.accesses_for_session(session);
+    if accesses.is_empty() {
+        return Err(Denial::UnknownSession);
+    }
+    let first_namespace = accesses[0].metadata.namespace.clone();
+    if accesses
+        .iter()
+        .any(|access| access.metadata.namespace != first_namespace)
+    {
+        return Err(Denial::Ambiguous);
+    }
+    // Prefer the SSHAccess the operator keeps (named like the session), then by name, so that
+    // every replica picks the same one.
+    accesses.sort_by_key(|access| {
+        let name = access.metadata.name.clone().unwrap_or_default();
+        (name != session, name)
+    });
+
+    let mut denial = Denial::KeyNotAccepted;
+    for access in accesses {
+        match check_access(lookup, &access, session, fingerprint, now) {
+            Ok(grant) => return Ok(grant),
+            // Keep the most telling reason: anything beats "key not accepted".
+            Err(reason) if denial == Denial::KeyNotAccepted => denial = reason,
+            Err(_) => {}
+        }
+    }
+    Err(denial)
+}
+
+fn check_access(
+    lookup: &impl Lookup,
+    access: &Arc<SshAccess>,
+    session: &str,
+    fingerprint: &str,
+    now: Timestamp,
+) -> Result<Grant, Denial> {
+    let namespace = access.metadata.namespace.clone().unwrap_or_default();
+    let accepted = access.status.as_ref().is_some_and(|status| {
+        status
+            .accepted_keys
+            .iter()
+            .any(|key| key.fingerprint == fingerprint)
+    });
+    if !accepted {
+        return Err(Denial::KeyNotAccepted);
+    }
+    if access.metadata.deletion_timestamp.is_some() || is_expired(access, now) {
+        return Err(Denial::Expired);
+    }
+    let Some(session_object) = lookup.session(&namespace, session) else {
+        return Err(Denial::SessionMissing);
+    };
+    if session_object.metadata.deletion_timestamp.is_some() {
+        return Err(Denial::SessionMissing);
+    }
+    let owner = session_object
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(OWNER_LABEL));
+    if owner != Some(&access.spec.user) {
+        return Err(Denial::OwnerMismatch);
+    }
+    Ok(Grant {
+        namespace,
+        session: session.to_owned(),
+        access: access.metadata.name.clone().unwrap_or_default(),
+        user: access.spec.user.clone(),
+        fingerprint: fingerprint.to_owned(),
+        forwarding: access.spec.forwarding.clone(),
+        access_object: Arc::clone(access),
+    })
+}
+
+/// Returns whether `spec.expiresAt` has passed.
+pub fn is_expired(access: &SshAccess, now: Timestamp) -> bool {
+    access
+        .spec
+        .expires_at
+        .as_ref()
+        .is_some_and(|expires| expires.0 <= now)
+}
+
+/// A keyboard-interactive authenticator, the seam for a device-flow login: the client shows
+/// `instructions` (a URL and a code), and the login succeeds once the authenticator reports
+/// the owner's approval.
+///
+/// Implementations must keep their state outside the replica (for example in the identity
+/// provider's device-authorization state), because the client may reconnect to another
+/// replica behind the load balancer.
+pub trait InteractiveAuthenticator: Send + Sync {
+    /// Starts a login for `session`; returns the text shown to the user.
+    fn start(
+        &self,
+        session: &str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<InteractiveChallenge, String>> + Send + '_>>;
+
+    /// Waits for the outcome of a started login; returns the subject of the user who
+    /// approved it.
+    fn finish(
+        &self,
+        challenge: &InteractiveChallenge,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
+}
+
+/// A started keyboard-interactive login.
+#[derive(Debug, Clone)]
+pub struct InteractiveChallenge {
+    /// Text for the client, for example a verification URL and a user code.
+    pub instructions: String,
+    /// Opaque reference to the login, valid on every replica.
+    pub reference: String,
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
+    use api::ssh_access::{AcceptedKey, SshAccessSpec, SshAccessStatus};
+    use api::{AmaltheaSession, AmaltheaSessionSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+    use crate::routing::tests::Objects;
+
+    pub fn access(namespace: &str, session: &str, user: &str, keys: &[&str]) -> SshAccess {
+        let spec: SshAccessSpec = serde_json::from_value(serde_json::json!({
+            "sessionRef": { "name": session },
+            "user": user,
+        }))
+        .expect("spec");
+        let mut object = SshAccess::new(session, spec);
+        object.metadata.namespace = Some(namespace.to_owned());
+        let mut status = SshAccessStatus::default();
+        status.set_accepted_keys(
+            keys.iter()
+                .map(|fingerprint| AcceptedKey {
+                    fingerprint: (*fingerprint).to_owned(),
+                    key_type: "ssh-ed25519".to_owned(),
+                    comment: None,
+                    source: "authorizedKeys".to_owned(),
+                })
+                .collect(),
+        );
+        object.status = Some(status);
+        object
+    }
+
+    pub fn session(namespace: &str, name: &str, owner: &str) -> AmaltheaSession {
+        let spec: AmaltheaSessionSpec = serde_json::from_value(serde_json::json!({
+            "session": { "image": "renku/session:latest" },
+            "hibernated": false,
+        }))
+        .expect("session spec");
+        let mut object = AmaltheaSession::new(name, spec);
+        object.metadata = ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([(OWNER_LABEL.to_owned(), owner.to_owned())])),
+            ..ObjectMeta::default()
+        };
+        object
+    }
+
+    fn objects(accesses: Vec<SshAccess>, sessions: Vec<AmaltheaSession>) -> Objects {
+        let mut objects = Objects {
+            accesses: accesses.into_iter().map(Arc::new).collect(),
+            ..Objects::default()
+        };
+        for session in sessions {
+            let key = (
+                session.metadata.namespace.clone().unwrap_or_default(),
+                session.metadata.name.clone().unwrap_or_default(),
+            );
+            objects.sessions.insert(key, Arc::new(session));
+        }
+        objects
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::now()
+    }
+
+    #[test]
+    fn accepted_key_logs_in() {
+        let objects = objects(
+            vec![access("ns", "s1", "alice", &["SHA256:a"])],
+            vec![session("ns", "s1", "alice")],
+        );
+
+        let grant = authorize(&objects, "s1", "SHA256:a", now()).expect("granted");
+
+        assert_eq!(grant.namespace, "ns");
+        assert_eq!(grant.session, "s1");
+        assert_eq!(grant.user, "alice");
+        assert_eq!(grant.access, "s1");
+    }
+
+    #[test]
+    fn unknown_session_and_wrong_key_are_denied() {
+        let objects = objects(
+            vec![access("ns", "s1", "alice", &["SHA256:a"])],
+            vec![session("ns", "s1", "alice")],
+        );
+
+        assert_eq!(
+            authorize(&objects, "s2", "SHA256:a", now()).err(),
+            Some(Denial::UnknownSession)
+        );
+        assert_eq!(
+            authorize(&objects, "s1", "SHA256:b", now()).err(),
+            Some(Denial::KeyNotAccepted)
+        );
+    }
+
+    #[test]
+    fn other_users_access_is_not_enough() {
+        // Bob wrote an SSHAccess naming Alice's session with his own user: it must not open
+        // Alice's session.
+        let objects = objects(
+            vec![access("ns", "s1", "bob", &["SHA256:bob"])],
+            vec![session("ns", "s1", "alice")],
+        );
+
+        assert_eq!(
+            authorize(&objects, "s1", "SHA256:bob", now()).err(),
+            Some(Denial::OwnerMismatch)
+        );
+    }
+
+    #[test]
+    fn expired_access_is_denied() {
+        let mut expired = access("ns", "s1", "alice", &["SHA256:a"]);
+        expired.spec.expires_at = Some(Time("2020-01-01T00:00:00Z".parse().expect("time")));
+        let objects = objects(vec![expired], vec![session("ns", "s1", "alice")]);
+
+        assert_eq!(
+            authorize(&objects, "s1", "SHA256:a", now()).err(),
+            Some(Denial::Expired)
+        );
+    }
+
+    #[test]
+    fn future_expiry_is_allowed() {
+        let mut access = access("ns", "s1", "alice", &["SHA256:a"]);
+        access.spec.expires_at = Some(Time("2999-01-01T00:00:00Z".parse().expect("time")));
+        let objects = objects(vec![access], vec![session("ns", "s1", "alice")]);
+
+        assert!(authorize(&objects, "s1", "SHA256:a", now()).is_ok());
+    }
+
+    #[test]
+    fn deleted_session_is_denied() {
+        let objects = objects(vec![access("ns", "s1", "alice", &["SHA256:a"])], vec![]);
+
+        assert_eq!(
+            authorize(&objects, "s1", "SHA256:a", now()).err(),
+            Some(Denial::SessionMissing)
+        );
+    }
+
+    #[test]
+    fn same_name_in_two_namespaces_is_ambiguous() {
+        let objects = objects(
+            vec![
+                access("ns1", "s1", "alice", &["SHA256:a"]),
+                access("ns2", "s1", "bob", &["SHA256:b"]),
+            ],
+            vec![session("ns1", "s1", "alice"), session("ns2", "s1", "bob")],
+        );
+
+        assert_eq!(
+            authorize(&objects, "s1", "SHA256:a", now()).err(),
+            Some(Denial::Ambiguous)
+        );
+    }
+
+    #[test]
+    fn second_access_for_same_session_grants() {
+        let mut extra = access("ns", "s1", "alice", &["SHA256:extra"]);
+        extra.metadata.name = Some("s1-extra".to_owned());
+        extra.spec.forwarding.agent = false;
+        let objects = objects(
+            vec![access("ns", "s1", "alice", &["SHA256:a"]), extra],
+            vec![session("ns", "s1", "alice")],
+        );
+
+        let grant = authorize(&objects, "s1", "SHA256:extra", now()).expect("granted");
+
+        assert_eq!(grant.access, "s1-extra");
+        assert!(!grant.forwarding.agent);
+    }
+}
