@@ -141,7 +141,7 @@ up() {
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$state/pki/sa.pub" \
     --service-account-signing-key-file="$state/pki/sa.key" \
-    --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true \
+    --service-cluster-ip-range=10.0.0.0/16 --allow-privileged=true \
     --authorization-mode=RBAC --profiling=false --v=1
 
   write_kubeconfig "https://127.0.0.1:$api_port" "$token"

@@ -5,11 +5,11 @@
 #   bench/operator/run.sh                 1,000 sessions, then 10,000 sessions
 #   bench/operator/run.sh 500 2000        the given session counts
 #
-# Each run starts a private local control plane (the binaries `make control-plane` caches, run
-# by a copy of scripts/cluster.sh), so other tests on the shared control plane neither disturb
-# the figures nor see the load. The copy widens the Service IP range from /24 to /16, because
-# every session gets a ClusterIP Service and a /24 range holds only 254. Then it starts one
-# operator process, creates the sessions with bench/operator/load.rs, measures, and stops it all.
+# Each run starts a private local control plane (scripts/cluster.sh with a run directory of its
+# own), so other tests on the shared control plane neither disturb the figures nor see the load.
+# Every session gets a ClusterIP Service, which the /16 Service range of cluster.sh has room for.
+# Then it starts one operator process, creates the sessions with bench/operator/load.rs,
+# measures, and stops it all.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -30,16 +30,10 @@ log_dir=${BENCH_LOG_DIR:-$target/bench-operator}
 mkdir -p "$log_dir"
 pid=""
 
-# A copy of the cluster scripts whose only change is the Service IP range.
-mkdir -p "$scratch/repo/scripts"
-cp "$root/scripts/build-control-plane.sh" "$root/scripts/versions.env" "$scratch/repo/scripts/"
-sed 's|--service-cluster-ip-range=10.0.0.0/24|--service-cluster-ip-range=10.0.0.0/16|' \
-  "$root/scripts/cluster.sh" >"$scratch/repo/scripts/cluster.sh"
-chmod +x "$scratch/repo/scripts/"*.sh
-grep -q 'service-cluster-ip-range=10.0.0.0/16' "$scratch/repo/scripts/cluster.sh" ||
-  { echo "scripts/cluster.sh no longer sets --service-cluster-ip-range=10.0.0.0/24; update $0" >&2; exit 1; }
+grep -q 'service-cluster-ip-range=10.0.0.0/16' "$root/scripts/cluster.sh" ||
+  { echo "scripts/cluster.sh no longer gives Services a /16 range; 1,000 sessions need it" >&2; exit 1; }
 "$root/scripts/build-control-plane.sh" >/dev/null
-cluster() { RENKU_SSH_RUN_DIR=$scratch/run "$scratch/repo/scripts/cluster.sh" "$@"; }
+cluster() { RENKU_SSH_RUN_DIR=$scratch/run "$root/scripts/cluster.sh" "$@"; }
 export RENKU_SSH_KUBECONFIG=$scratch/run/cluster/kubeconfig KUBECONFIG=$scratch/run/cluster/kubeconfig
 
 stop_operator() {

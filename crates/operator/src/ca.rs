@@ -43,7 +43,7 @@ pub enum CaError {
         #[source]
         source: kube::Error,
     },
-    /// The Secret exists but holds no usable public key.
+    /// The Secret exists but contains no usable public key.
     #[error(
         "CA Secret {secret} is invalid: {reason}; fix its `ca.pub` key, or delete the Secret so \
          that the operator creates a new CA (every session then trusts the new CA only)"

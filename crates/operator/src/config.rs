@@ -287,7 +287,7 @@ pub struct LeaderConfig {
 pub struct UserPreferencesConfig {
     /// URL of one user's keys.
     pub url: UrlTemplate,
-    /// Where the operator's access token comes from.
+    /// Source of the operator's access token.
     pub token: TokenConfig,
     /// Interval between fetches of one user's keys.
     pub poll_interval: Duration,
@@ -298,7 +298,7 @@ pub struct UserPreferencesConfig {
 /// OAuth 2.0 client credentials of the operator.
 #[derive(Debug, Clone)]
 pub struct TokenConfig {
-    /// Where tokens are requested.
+    /// Token endpoint, or the issuer whose discovery document names it.
     pub endpoint: TokenEndpoint,
     /// Client id.
     pub client_id: String,
@@ -306,7 +306,7 @@ pub struct TokenConfig {
     pub client_secret: Secret,
 }
 
-/// How the token endpoint is found.
+/// Location of the token endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenEndpoint {
     /// Through OpenID Connect discovery of this issuer.

@@ -1,13 +1,14 @@
 //! Leader election through a `coordination.k8s.io/v1` Lease, so that of several replicas only
 //! one runs the controllers.
 //!
-//! The rules follow client-go's `leaderelection` package. A replica takes the Lease when it has
-//! no holder, or when its holder has not renewed it for `leaseDurationSeconds`. That time is
-//! measured on the local clock from the moment this replica last saw the Lease change, so clock
-//! skew between nodes does not matter. Every write uses the object's `resourceVersion`, so two replicas
-//! cannot both win a race. The leader renews every retry period and gives up leadership when
-//! renewals fail for longer than the renew deadline; on shutdown it clears the holder so that
-//! another replica takes over at once.
+//! The rules follow client-go's `k8s.io/client-go/tools/leaderelection` package. A replica
+//! takes the Lease when it has no holder, or when its holder has not renewed it for
+//! `leaseDurationSeconds`. That time is measured on the local clock from the moment this
+//! replica last saw the holder or renew time change, so an offset between node clocks does not
+//! matter (a difference in clock rate does). Every write carries the object's
+//! `resourceVersion`, so two replicas cannot both win a race. The leader renews every retry
+//! period and gives up leadership when renewals fail for longer than the renew deadline. On
+//! shutdown it clears the holder, so that another replica takes over at once.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -44,9 +44,10 @@ use std::time::Duration;
 use admin::{AdminServer, Health};
 use api::SshAccess;
 use axum::Router;
-use futures::FutureExt;
+use futures::{Stream, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector;
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -94,21 +95,47 @@ where
     }
 }
 
-/// Waits until `store` contains the initial list of its watch. Returns `false` when the writer
-/// was dropped first.
+/// Passes a watch stream through and fires `synced` whenever a list completes; the reflector
+/// upstream has applied it to its store by then.
 ///
-/// It polls instead of awaiting [`Store::wait_until_ready`] once, because that future wakes
-/// only the most recent of several concurrent waiters (kube-runtime 5.0 keeps one waker per
-/// store), and the controller's own applier already waits on the same store.
-pub(crate) async fn store_ready<K>(store: &Store<K>) -> bool
+/// Anything besides the controller that must know when its cache is complete uses this token.
+/// [`reflector::Store::wait_until_ready`] keeps one waker per store (kube-runtime 5.0), so a second
+/// waiter would take the wake-up away from the controller's own runner.
+pub(crate) fn signal_synced<K, S>(
+    stream: S,
+    synced: CancellationToken,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>
 where
-    K: kube::runtime::reflector::Lookup + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
-    loop {
-        match store.wait_until_ready().now_or_never() {
-            Some(result) => return result.is_ok(),
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
+    stream.inspect_ok(move |event| {
+        if matches!(event, watcher::Event::InitDone) {
+            synced.cancel();
+        }
+    })
+}
+
+/// Drives a controller until it ends.
+///
+/// A stop that comes before the controller's cache completed its first list drops the
+/// controller instead of waiting for it: kube-runtime 5.0 holds reconciles until the cache is
+/// complete, and once the stop has ended the watch the cache never completes, so its graceful
+/// shutdown would wait forever. No reconcile has started at that point.
+pub(crate) async fn drive_controller(
+    controller: impl Future<Output = ()>,
+    synced: &CancellationToken,
+    stop: &CancellationToken,
+) {
+    let stopped_before_sync = async {
+        stop.cancelled().await;
+        if synced.is_cancelled() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = controller => {}
+        () = stopped_before_sync => {
+            tracing::debug!("stopped before the cache completed its first list");
         }
     }
 }
@@ -352,24 +379,24 @@ impl Term {
             events,
             metrics: Arc::clone(&self.metrics),
         });
-        let sessions_ready = CancellationToken::new();
+        let accesses_synced = CancellationToken::new();
+        let sessions_synced = CancellationToken::new();
         let readiness = {
-            let (health, reader, sessions_ready, term) = (
-                self.health.clone(),
-                reader.clone(),
-                sessions_ready.clone(),
+            let health = self.health.clone();
+            let (accesses_synced, sessions_synced, term) = (
+                accesses_synced.clone(),
+                sessions_synced.clone(),
                 term.clone(),
             );
             tokio::spawn(async move {
                 tokio::select! {
                     () = term.cancelled() => {}
-                    synced = store_ready(&reader) => {
-                        if synced {
-                            tracing::debug!("SSHAccess cache synced");
-                            sessions_ready.cancelled().await;
-                            tracing::info!("caches synced; controllers running");
-                            health.set_ready(true);
-                        }
+                    () = async {
+                        accesses_synced.cancelled().await;
+                        sessions_synced.cancelled().await;
+                    } => {
+                        tracing::info!("caches synced; controllers running");
+                        health.set_ready(true);
                     }
                 }
             })
@@ -380,13 +407,17 @@ impl Term {
                 reader,
                 writer,
                 user_keys_changed,
+                accesses_synced.clone(),
                 term.clone()
             ),
             session::run(
                 session_context,
                 self.config.namespace.clone(),
                 self.config.concurrency,
-                sessions_ready,
+                session::Sync {
+                    accesses: accesses_synced,
+                    sessions: sessions_synced,
+                },
                 term.clone(),
             ),
         );
@@ -394,6 +425,8 @@ impl Term {
     }
 
     /// Reads or creates the CA Secret, retrying until it succeeds or `term` fires.
+    // NOTE: the CA is read once per leadership term and not watched, so a CA replaced by hand
+    // reaches the keys Secrets only after the next leader change.
     async fn certificate_authority(
         &self,
         term: &CancellationToken,
@@ -411,5 +444,61 @@ impl Term {
                 () = tokio::time::sleep(CA_RETRY) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::{StreamExt, stream};
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn signal_synced_fires_after_the_list() {
+        let synced = CancellationToken::new();
+        let events = vec![
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(ConfigMap::default())),
+            Ok(watcher::Event::InitDone),
+        ];
+        let mut passed = Box::pin(signal_synced(stream::iter(events), synced.clone()));
+        for _ in 0..2 {
+            passed.next().await;
+            assert!(!synced.is_cancelled());
+        }
+        passed.next().await;
+        assert!(synced.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn stop_before_sync_drops_the_controller() {
+        let (synced, stop) = (CancellationToken::new(), CancellationToken::new());
+        stop.cancel();
+        let ended = tokio::time::timeout(
+            Duration::from_secs(2),
+            drive_controller(std::future::pending(), &synced, &stop),
+        )
+        .await;
+        assert!(
+            ended.is_ok(),
+            "an unsynced controller must be dropped on stop"
+        );
+    }
+
+    #[tokio::test]
+    async fn stop_after_sync_waits_for_the_controller() {
+        let (synced, stop) = (CancellationToken::new(), CancellationToken::new());
+        synced.cancel();
+        stop.cancel();
+        let ended = tokio::time::timeout(
+            Duration::from_millis(200),
+            drive_controller(std::future::pending(), &synced, &stop),
+        )
+        .await;
+        assert!(
+            ended.is_err(),
+            "a synced controller shuts down on its own terms"
+        );
     }
 }

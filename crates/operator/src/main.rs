@@ -39,12 +39,21 @@ async fn main() -> ExitCode {
         Ok(client) => client,
         Err(error) => return fail(&error),
     };
+    // One registry serves the operator's and the webhook's metrics on the admin server.
+    let mut registry = prometheus_client::registry::Registry::default();
     let (stop_webhook, webhook_stopped) = tokio::sync::oneshot::channel::<()>();
-    let webhook = match start_webhook(&webhook_args, &config, &client, webhook_stopped).await {
+    let started = start_webhook(
+        &webhook_args,
+        &config,
+        &client,
+        &mut registry,
+        webhook_stopped,
+    );
+    let webhook = match started.await {
         Ok(webhook) => webhook,
         Err(error) => return fail(&error),
     };
-    let operator = match Operator::new(config, client).await {
+    let operator = match Operator::new_with_registry(config, client, registry).await {
         Ok(operator) => operator,
         Err(error) => return fail(&error),
     };
@@ -69,6 +78,7 @@ async fn start_webhook(
     args: &webhook::Args,
     config: &operator::Config,
     client: &kube::Client,
+    registry: &mut prometheus_client::registry::Registry,
     stopped: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<Option<tokio::task::JoinHandle<Result<(), webhook::Error>>>, webhook::Error> {
     if !args.enabled {
@@ -82,10 +92,7 @@ async fn start_webhook(
     let pod_namespace = std::env::var("POD_NAMESPACE").ok();
     let mut webhook_config = args.to_config(policy, pod_namespace.as_deref())?;
     webhook_config.watch_namespace = config.namespace.clone();
-    // NOTE: the webhook's metrics go to a registry of their own, because the operator builds its
-    // registry inside `Operator::new`. The admin server's /metrics does not include them yet.
-    let mut registry = prometheus_client::registry::Registry::default();
-    let webhook = webhook::Webhook::bind(webhook_config, client.clone(), &mut registry).await?;
+    let webhook = webhook::Webhook::bind(webhook_config, client.clone(), registry).await?;
     let shutdown = async move {
         let _ = stopped.await;
     };

@@ -3,9 +3,10 @@
 //! administrator) calls it after a user changes their keys.
 //!
 //! The route requires `Authorization: Bearer <token>` with the token from
-//! `--refresh-token-file`. It returns `200` with a JSON summary after the fetch, `502` when the
-//! fetch failed (the last good keys stay in use), `404` when no SSHAccess reads the user's
-//! keys, `401` for a missing or wrong token, and `503` on a replica that is not the leader.
+//! `--refresh-token-file`. It returns `200` with a JSON summary after the fetch, and `502` when
+//! the fetch failed (the last good keys stay in use). It returns `404` when no SSHAccess reads
+//! the user's keys, `401` for a missing or wrong token, and `503` on a replica that is not the
+//! leader.
 
 use std::sync::{Arc, RwLock};
 

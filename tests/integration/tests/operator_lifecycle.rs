@@ -6,6 +6,7 @@ mod operator_support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use api::{AmaltheaSession, SshAccess};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::events::v1::Event;
@@ -475,4 +476,28 @@ pub async fn wait_for_event(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test]
+async fn stops_at_any_moment_of_start_up() -> anyhow::Result<()> {
+    let (client, namespace) = setup("op-early-stop").await?;
+    let ns = namespace.name().to_owned();
+    running_session(
+        &client,
+        &ns,
+        "erin-1",
+        &SessionOptions::default(),
+        "10.1.0.9",
+    )
+    .await?;
+    // A stop can land while the caches are still listing; each start-up stage must give way.
+    for delay_ms in [0, 20, 50, 100, 200, 400, 800] {
+        let operator = RunningOperator::start_in(&client, &ns, "early", &[]).await?;
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        operator
+            .stop()
+            .await
+            .with_context(|| format!("stop {delay_ms} ms after start"))?;
+    }
+    namespace.delete_and_wait().await
 }

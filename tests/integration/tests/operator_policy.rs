@@ -254,3 +254,24 @@ async fn missing_username_label_raises_event() -> anyhow::Result<()> {
     operator.stop().await?;
     namespace.delete_and_wait().await
 }
+
+#[tokio::test]
+async fn deleted_access_is_recreated() -> anyhow::Result<()> {
+    let (client, namespace) = setup("op-recreate").await?;
+    let ns = namespace.name().to_owned();
+    let accesses: Api<SshAccess> = namespace.api();
+    let operator = RunningOperator::start_in(&client, &ns, "a", &[]).await?;
+    create_session(&client, &ns, "ivan-1", &SessionOptions::default()).await?;
+    let first = wait_for_access(&client, &ns, "ivan-1", |_| true).await?;
+
+    accesses
+        .delete("ivan-1", &kube::api::DeleteParams::default())
+        .await?;
+    let second =
+        wait_for_access(&client, &ns, "ivan-1", |access| access.uid() != first.uid()).await?;
+
+    assert_eq!(second.spec.user, first.spec.user);
+    assert_eq!(second.owner_references(), first.owner_references());
+    operator.stop().await?;
+    namespace.delete_and_wait().await
+}

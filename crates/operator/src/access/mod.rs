@@ -45,16 +45,16 @@ use crate::error::{Categorized, ErrorCategory};
 use crate::events::{self, EventPublisher};
 use crate::metrics::{ControllerName, Metrics};
 use crate::names::{FIELD_MANAGER, MANAGED_BY_LABEL};
-use crate::scoped_api;
 use crate::userprefs::UserKeyRegistry;
+use crate::{drive_controller, scoped_api, signal_synced};
 
-/// Retry interval while another SSHAccess holds the session's children.
+/// Retry interval while another SSHAccess owns the session's children.
 const CONFLICT_RETRY: Duration = Duration::from_secs(60);
 /// Retry interval while a Secret key source cannot be read.
 const SOURCE_RETRY: Duration = Duration::from_secs(60);
 /// First retry interval after a failed reconcile; it doubles up to [`MAX_ERROR_RETRY`].
 const FIRST_ERROR_RETRY: Duration = Duration::from_secs(2);
-/// Longest retry interval after failed reconciles.
+/// Maximum retry interval after failed reconciles.
 const MAX_ERROR_RETRY: Duration = Duration::from_secs(300);
 
 /// Shared state of the SSHAccess controller.
@@ -396,6 +396,7 @@ pub async fn run(
     reader: Store<SshAccess>,
     writer: Writer<SshAccess>,
     user_keys_changed: Option<UnboundedReceiver<ObjectRef<SshAccess>>>,
+    synced: CancellationToken,
     shutdown: CancellationToken,
 ) {
     let client = ctx.client.clone();
@@ -410,21 +411,24 @@ pub async fn run(
     )
     .default_backoff()
     .modify(|access| access.managed_fields_mut().clear())
-    .reflect(writer)
-    .inspect_ok(move |event| {
-        if let watcher::Event::Delete(access) = event {
-            metrics.forget_object(&format!(
-                "{}/{}",
-                access.namespace().unwrap_or_default(),
-                access.name_any()
-            ));
-            if let Some(user_keys) = &user_keys {
-                user_keys.unsubscribe(&ObjectRef::from_obj(access));
+    .reflect(writer);
+    let primary = signal_synced(primary, synced.clone())
+        // NOTE: a deletion missed while the watch was disconnected arrives as a relist, not as a
+        // Delete event, so its per-object metric figures stay until the operator restarts.
+        .inspect_ok(move |event| {
+            if let watcher::Event::Delete(access) = event {
+                metrics.forget_object(&format!(
+                    "{}/{}",
+                    access.namespace().unwrap_or_default(),
+                    access.name_any()
+                ));
+                if let Some(user_keys) = &user_keys {
+                    user_keys.unsubscribe(&ObjectRef::from_obj(access));
+                }
             }
-        }
-    })
-    .applied_objects()
-    .predicate_filter(predicates::generation, Default::default());
+        })
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
 
     let secrets = watcher(
         scoped_api::<PartialObjectMeta<Secret>>(&client, namespace),
@@ -481,15 +485,15 @@ pub async fn run(
     if let Some(trigger) = user_keys_changed {
         controller = controller.reconcile_on(trigger);
     }
-    controller
-        .graceful_shutdown_on(shutdown.cancelled_owned())
+    let controller = controller
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {
                 log_controller_error(&error);
             }
-        })
-        .await;
+        });
+    drive_controller(controller, &synced, &shutdown).await;
     tracing::info!("SSHAccess controller stopped");
 }
 

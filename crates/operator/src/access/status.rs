@@ -1,5 +1,5 @@
 //! Status step: the SSHAccess status as a pure function of what was read and built, and its
-//! server-side apply to the status subresource. The status never holds secret material: only
+//! server-side apply to the status subresource. The status never contains secret material: only
 //! fingerprints, public host key data and previews of rejected public key lines.
 
 use api::condition::{self, KEYS_SYNCED, READY, ROUTABLE, SIDECAR_INJECTED, set_condition, status};

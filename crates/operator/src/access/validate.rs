@@ -200,7 +200,7 @@ pub fn merge_keys(
     outcome(inputs, set, carried_rejections)
 }
 
-/// Builds the source that stands in for a failing one: its previously accepted lines.
+/// Builds the replacement source for a failing one: its previously accepted lines.
 fn last_good_source(label: &str, previous: PreviousKeys<'_>, previous_set: &KeySet) -> Source {
     let lines: Vec<String> = previous
         .status
@@ -263,7 +263,7 @@ fn outcome(inputs: &[SourceInput], set: KeySet, carried: Vec<RejectedKey>) -> Ke
     }
 }
 
-/// Returns the key outcome of an expired access: no keys, and a file that says why.
+/// Returns the key outcome of an expired access: no keys, and a file with a comment on why.
 pub fn expired_keys(at: Timestamp) -> KeyOutcome {
     KeyOutcome {
         authorized_keys: format!(

@@ -7,13 +7,14 @@
 
 pub mod build;
 
+use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use api::{AmaltheaSession, SshAccess};
-use futures::StreamExt;
+use futures::{Stream, StreamExt, TryStreamExt, future};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action};
@@ -30,7 +31,7 @@ use crate::error::{Categorized, ErrorCategory};
 use crate::events::{self, EventPublisher};
 use crate::metrics::{ControllerName, Metrics};
 use crate::names::{FIELD_MANAGER, MANAGED_BY_LABEL, SAFE_USERNAME_LABEL};
-use crate::{scoped_api, store_ready};
+use crate::{drive_controller, scoped_api, signal_synced};
 
 /// Retry interval after a failed reconcile.
 const ERROR_RETRY: Duration = Duration::from_secs(10);
@@ -217,23 +218,51 @@ fn labels_and_annotations(session: &PartialObjectMeta<AmaltheaSession>) -> Optio
     Some(hasher.finish())
 }
 
+/// Passes on an owned SSHAccess when it is new, when its `metadata.generation` changed, or when
+/// it was deleted (so that the operator recreates it). Status writes, the bulk of the events,
+/// are dropped: they never change what this controller decides.
+fn spec_changes_and_deletions(
+    events: impl Stream<Item = Result<watcher::Event<PartialObjectMeta<SshAccess>>, watcher::Error>>,
+) -> impl Stream<Item = Result<PartialObjectMeta<SshAccess>, watcher::Error>> {
+    let mut generations: HashMap<String, Option<i64>> = HashMap::new();
+    events.try_filter_map(move |event| {
+        let passed = match event {
+            watcher::Event::Delete(access) => {
+                generations.remove(&access.uid().unwrap_or_default());
+                Some(access)
+            }
+            watcher::Event::Apply(access) | watcher::Event::InitApply(access) => {
+                let uid = access.uid().unwrap_or_default();
+                let generation = access.metadata.generation;
+                let unchanged = generations.insert(uid, generation) == Some(generation);
+                (!unchanged).then_some(access)
+            }
+            watcher::Event::Init | watcher::Event::InitDone => None,
+        };
+        future::ready(Ok(passed))
+    })
+}
+
+/// The cache-complete signals the session controller uses.
+pub struct Sync {
+    /// Fired by the SSHAccess controller once its cache holds the full list.
+    pub accesses: CancellationToken,
+    /// Fired here once the cache of sessions holds the full list.
+    pub sessions: CancellationToken,
+}
+
 /// Runs the session controller until `shutdown` fires. It starts once the SSHAccess cache is
-/// complete, so it never mistakes a missing cache entry for a missing object. `ready` fires
-/// once its own cache of sessions is complete.
+/// complete, so it never mistakes a missing cache entry for a missing object.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
     concurrency: u16,
-    ready: CancellationToken,
+    sync: Sync,
     shutdown: CancellationToken,
 ) {
     tokio::select! {
         () = shutdown.cancelled() => return,
-        synced = store_ready(&ctx.accesses) => {
-            if !synced {
-                return;
-            }
-        }
+        () = sync.accesses.cancelled() => {}
     }
     let client = ctx.client.clone();
     let sessions = scoped_api::<PartialObjectMeta<AmaltheaSession>>(&client, namespace.as_deref());
@@ -241,27 +270,22 @@ pub async fn run(
     let stream = watcher(sessions, watcher::Config::default())
         .default_backoff()
         .modify(|session| session.managed_fields_mut().clear())
-        .reflect(writer)
+        .reflect(writer);
+    let stream = signal_synced(stream, sync.sessions.clone())
         .applied_objects()
         .predicate_filter(labels_and_annotations, Default::default());
     let operator_made = format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}");
-    let owned = watcher(
-        scoped_api::<PartialObjectMeta<SshAccess>>(&client, namespace.as_deref()),
-        watcher::Config::default().labels(&operator_made),
-    )
-    .default_backoff()
-    .touched_objects();
-    let session_cache = reader.clone();
-    tokio::spawn(async move {
-        if store_ready(&session_cache).await {
-            tracing::debug!("AmaltheaSession cache synced");
-            ready.cancel();
-        }
-    });
-    Controller::for_stream(stream, reader)
+    let owned = spec_changes_and_deletions(
+        watcher(
+            scoped_api::<PartialObjectMeta<SshAccess>>(&client, namespace.as_deref()),
+            watcher::Config::default().labels(&operator_made),
+        )
+        .default_backoff(),
+    );
+    let controller = Controller::for_stream(stream, reader)
         .with_config(controller::Config::default().concurrency(concurrency))
         .owns_stream(owned)
-        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(error) = result
@@ -272,7 +296,52 @@ pub async fn run(
                     "session controller event"
                 );
             }
-        })
-        .await;
+        });
+    drive_controller(controller, &sync.sessions, &shutdown).await;
     tracing::info!("session controller stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::stream;
+    use kube::api::ObjectMeta;
+    use kube::core::PartialObjectMetaExt;
+
+    use super::*;
+
+    fn access(uid: &str, generation: i64) -> PartialObjectMeta<SshAccess> {
+        ObjectMeta {
+            name: Some(format!("access-{uid}")),
+            uid: Some(uid.to_owned()),
+            generation: Some(generation),
+            ..ObjectMeta::default()
+        }
+        .into_response_partial::<SshAccess>()
+    }
+
+    #[tokio::test]
+    async fn owned_stream_drops_status_only_events() {
+        let events = vec![
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(access("a", 1))),
+            Ok(watcher::Event::InitDone),
+            // A status write changes the resource version but not the generation.
+            Ok(watcher::Event::Apply(access("a", 1))),
+            Ok(watcher::Event::Apply(access("a", 2))),
+            Ok(watcher::Event::Apply(access("b", 1))),
+            Ok(watcher::Event::Delete(access("a", 2))),
+            // After a deletion the same generation counts as new again.
+            Ok(watcher::Event::Apply(access("a", 2))),
+        ];
+
+        let passed: Vec<(String, Option<i64>)> = spec_changes_and_deletions(stream::iter(events))
+            .map_ok(|access| (access.uid().unwrap_or_default(), access.metadata.generation))
+            .try_collect()
+            .await
+            .expect("no watch errors");
+
+        let expected = [("a", 1), ("a", 2), ("b", 1), ("a", 2), ("a", 2)]
+            .map(|(uid, generation)| (uid.to_owned(), Some(generation)));
+        assert_eq!(passed, expected);
+    }
 }
