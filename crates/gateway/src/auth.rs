@@ -6,6 +6,10 @@
 //! owner named by the session's `renku.io/safe-username` label, in the session's namespace.
 //! Every reason for a rejection gives the client the same answer; the [`Denial`] is for logs
 //! and metrics only.
+//!
+//! A device login proves who the user is instead of which key they hold:
+//! [`authorize_user`] lets the subject in when it owns the session and its SSHAccess allows
+//! the device flow, and [`authorize_approved_key`] lets in a key that such a login approved.
 
 use std::sync::Arc;
 
@@ -52,6 +56,8 @@ pub enum Denial {
     OwnerMismatch,
     /// Sessions of that name exist in several namespaces, so the name is not a unique route.
     Ambiguous,
+    /// The owner logged in through the device flow, which the SSHAccess turns off.
+    DeviceFlowDisabled,
 }
 
 impl Denial {
@@ -64,6 +70,7 @@ impl Denial {
             Self::Expired => "expired",
             Self::OwnerMismatch => "owner_mismatch",
             Self::Ambiguous => "ambiguous_session",
+            Self::DeviceFlowDisabled => "device_flow_disabled",
         }
     }
 }
@@ -75,24 +82,9 @@ pub fn authorize(
     fingerprint: &str,
     now: Timestamp,
 ) -> Result<Grant, Denial> {
-    let mut accesses = lookup.accesses_for_session(session);
-    if accesses.is_empty() {
-        return Err(Denial::UnknownSession);
-    }
-    let first_namespace = accesses[0].metadata.namespace.clone();
-    if accesses
-        .iter()
-        .any(|access| access.metadata.namespace != first_namespace)
-    {
-        return Err(Denial::Ambiguous);
-    }
     // Prefer the SSHAccess the operator keeps (named like the session), then by name, so that
     // every replica picks the same one.
-    accesses.sort_by_key(|access| {
-        let name = access.metadata.name.clone().unwrap_or_default();
-        (name != session, name)
-    });
-
+    let accesses = session_accesses(lookup, session)?;
     let mut denial = Denial::KeyNotAccepted;
     for access in accesses {
         match check_access(lookup, &access, session, fingerprint, now) {
@@ -112,7 +104,6 @@ fn check_access(
     fingerprint: &str,
     now: Timestamp,
 ) -> Result<Grant, Denial> {
-    let namespace = access.metadata.namespace.clone().unwrap_or_default();
     let accepted = access.status.as_ref().is_some_and(|status| {
         status
             .accepted_keys
@@ -122,10 +113,24 @@ fn check_access(
     if !accepted {
         return Err(Denial::KeyNotAccepted);
     }
+    check_owner(lookup, access, session, &access.spec.user, now)?;
+    Ok(grant(access, session, fingerprint))
+}
+
+/// Checks that `access` is live, that its session exists, and that `user` is both the
+/// SSHAccess's user and the session's owner.
+fn check_owner(
+    lookup: &impl Lookup,
+    access: &SshAccess,
+    session: &str,
+    user: &str,
+    now: Timestamp,
+) -> Result<(), Denial> {
     if access.metadata.deletion_timestamp.is_some() || is_expired(access, now) {
         return Err(Denial::Expired);
     }
-    let Some(session_object) = lookup.session(&namespace, session) else {
+    let namespace = access.metadata.namespace.as_deref().unwrap_or_default();
+    let Some(session_object) = lookup.session(namespace, session) else {
         return Err(Denial::SessionMissing);
     };
     if session_object.metadata.deletion_timestamp.is_some() {
@@ -136,18 +141,122 @@ fn check_access(
         .labels
         .as_ref()
         .and_then(|labels| labels.get(OWNER_LABEL));
-    if owner != Some(&access.spec.user) {
+    if access.spec.user != user || owner.map(String::as_str) != Some(user) {
         return Err(Denial::OwnerMismatch);
     }
-    Ok(Grant {
-        namespace,
+    Ok(())
+}
+
+fn grant(access: &Arc<SshAccess>, session: &str, fingerprint: &str) -> Grant {
+    Grant {
+        namespace: access.metadata.namespace.clone().unwrap_or_default(),
         session: session.to_owned(),
         access: access.metadata.name.clone().unwrap_or_default(),
         user: access.spec.user.clone(),
         fingerprint: fingerprint.to_owned(),
         forwarding: access.spec.forwarding.clone(),
         access_object: Arc::clone(access),
-    })
+    }
+}
+
+/// How a connection proved its right to the session; the revocation loop re-checks the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// A key in the SSHAccess's `acceptedKeys`.
+    Key,
+    /// The identity provider named this subject, through a device login or an approval.
+    Owner {
+        /// The identity-provider subject.
+        user: String,
+    },
+}
+
+/// Returns the SSHAccesses of `session`, or the denial when there are none or the name is
+/// not a unique route. The one the operator keeps (named like the session) comes first.
+fn session_accesses(lookup: &impl Lookup, session: &str) -> Result<Vec<Arc<SshAccess>>, Denial> {
+    let mut accesses = lookup.accesses_for_session(session);
+    if accesses.is_empty() {
+        return Err(Denial::UnknownSession);
+    }
+    let first_namespace = accesses[0].metadata.namespace.clone();
+    if accesses
+        .iter()
+        .any(|access| access.metadata.namespace != first_namespace)
+    {
+        return Err(Denial::Ambiguous);
+    }
+    accesses.sort_by_key(|access| {
+        let name = access.metadata.name.clone().unwrap_or_default();
+        (name != session, name)
+    });
+    Ok(accesses)
+}
+
+/// Decides whether the identity-provider subject `user` may log in to `session` without a
+/// listed key. `fingerprint` names the key the client offered, or is empty.
+pub fn authorize_user(
+    lookup: &impl Lookup,
+    session: &str,
+    user: &str,
+    fingerprint: &str,
+    now: Timestamp,
+) -> Result<Grant, Denial> {
+    let accesses = session_accesses(lookup, session)?;
+    let Some(access) = accesses.iter().find(|access| access.spec.user == user) else {
+        return Err(Denial::OwnerMismatch);
+    };
+    check_owner(lookup, access, session, user, now)?;
+    if !access.spec.device_flow.enabled {
+        return Err(Denial::DeviceFlowDisabled);
+    }
+    Ok(grant(access, session, fingerprint))
+}
+
+/// Decides whether the key `fingerprint` may log in to `session` because a device login
+/// approved it: the approval has not expired, the session still runs the pod it was approved
+/// for and is not hibernated, and its subject still passes [`authorize_user`].
+pub fn authorize_approved_key(
+    lookup: &impl Lookup,
+    session: &str,
+    fingerprint: &str,
+    now: Timestamp,
+) -> Result<Grant, Denial> {
+    let mut denial = Denial::KeyNotAccepted;
+    for approval in lookup.approvals_for_session(session) {
+        if approval.fingerprint != fingerprint || approval.expires_at <= now {
+            continue;
+        }
+        let pod_name = crate::routing::pod_name(session);
+        let current_pod = lookup
+            .pod(&approval.namespace, &pod_name)
+            .and_then(|pod| pod.metadata.uid.clone());
+        let hibernated = lookup
+            .session(&approval.namespace, session)
+            .is_none_or(|object| object.spec.hibernated);
+        if hibernated || current_pod.as_deref() != Some(approval.pod_uid.as_str()) {
+            continue;
+        }
+        match authorize_user(lookup, session, &approval.user, fingerprint, now) {
+            Ok(grant) if grant.namespace == approval.namespace => return Ok(grant),
+            Ok(_) => {}
+            Err(reason) => denial = reason,
+        }
+    }
+    Err(denial)
+}
+
+/// Re-checks a connection's proof, for the revocation loop.
+pub fn recheck(
+    lookup: &impl Lookup,
+    session: &str,
+    fingerprint: &str,
+    proof: &Proof,
+    now: Timestamp,
+) -> Result<Grant, Denial> {
+    match proof {
+        Proof::Key => authorize(lookup, session, fingerprint, now),
+        Proof::Owner { user } => authorize_user(lookup, session, user, fingerprint, now),
+    }
 }
 
 /// Returns whether `spec.expiresAt` has passed.
@@ -157,37 +266,6 @@ pub fn is_expired(access: &SshAccess, now: Timestamp) -> bool {
         .expires_at
         .as_ref()
         .is_some_and(|expires| expires.0 <= now)
-}
-
-/// A keyboard-interactive authenticator, the seam for a device-flow login: the client shows
-/// `instructions` (a URL and a code), and the login succeeds once the authenticator reports
-/// the owner's approval.
-///
-/// Implementations must keep their state outside the replica (for example in the identity
-/// provider's device-authorization state), because the client may reconnect to another
-/// replica behind the load balancer.
-pub trait InteractiveAuthenticator: Send + Sync {
-    /// Starts a login for `session`; returns the text shown to the user.
-    fn start(
-        &self,
-        session: &str,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<InteractiveChallenge, String>> + Send + '_>>;
-
-    /// Waits for the outcome of a started login; returns the subject of the user who
-    /// approved it.
-    fn finish(
-        &self,
-        challenge: &InteractiveChallenge,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
-}
-
-/// A started keyboard-interactive login.
-#[derive(Debug, Clone)]
-pub struct InteractiveChallenge {
-    /// Text for the client, for example a verification URL and a user code.
-    pub instructions: String,
-    /// Opaque reference to the login, valid on every replica.
-    pub reference: String,
 }
 
 #[cfg(test)]
@@ -200,6 +278,7 @@ pub(crate) mod tests {
     use kube::api::ObjectMeta;
 
     use super::*;
+    use crate::device::Approval;
     use crate::routing::tests::Objects;
 
     pub fn access(namespace: &str, session: &str, user: &str, keys: &[&str]) -> SshAccess {
@@ -368,5 +447,129 @@ pub(crate) mod tests {
 
         assert_eq!(grant.access, "s1-extra");
         assert!(!grant.forwarding.agent);
+    }
+
+    fn with_pod(mut objects: Objects, uid: &str) -> Objects {
+        let mut pod = crate::routing::tests::running_pod("ns", "s1-0", "10.0.0.1");
+        pod.metadata.uid = Some(uid.to_owned());
+        objects
+            .pods
+            .insert(("ns".to_owned(), "s1-0".to_owned()), Arc::new(pod));
+        objects
+    }
+
+    fn approval(fingerprint: &str, user: &str, pod_uid: &str, expires: &str) -> Approval {
+        Approval {
+            namespace: "ns".to_owned(),
+            session: "s1".to_owned(),
+            fingerprint: fingerprint.to_owned(),
+            user: user.to_owned(),
+            pod_uid: pod_uid.to_owned(),
+            expires_at: expires.parse().expect("time"),
+        }
+    }
+
+    #[test]
+    fn owner_logs_in_without_a_key() {
+        let objects = objects(
+            vec![access("ns", "s1", "alice", &[])],
+            vec![session("ns", "s1", "alice")],
+        );
+
+        let grant = authorize_user(&objects, "s1", "alice", "", now()).expect("granted");
+        assert_eq!(grant.user, "alice");
+        assert_eq!(
+            authorize_user(&objects, "s1", "bob", "", now()).err(),
+            Some(Denial::OwnerMismatch)
+        );
+        assert_eq!(
+            authorize_user(&objects, "s2", "alice", "", now()).err(),
+            Some(Denial::UnknownSession)
+        );
+    }
+
+    #[test]
+    fn owner_needs_device_flow_enabled() {
+        let mut access = access("ns", "s1", "alice", &[]);
+        access.spec.device_flow.enabled = false;
+        let objects = objects(vec![access], vec![session("ns", "s1", "alice")]);
+
+        assert_eq!(
+            authorize_user(&objects, "s1", "alice", "", now()).err(),
+            Some(Denial::DeviceFlowDisabled)
+        );
+    }
+
+    #[test]
+    fn access_naming_another_owner_gives_no_device_login() {
+        // An SSHAccess whose user is Bob cannot make Bob the owner of Alice's session.
+        let objects = objects(
+            vec![access("ns", "s1", "bob", &[])],
+            vec![session("ns", "s1", "alice")],
+        );
+
+        assert_eq!(
+            authorize_user(&objects, "s1", "bob", "", now()).err(),
+            Some(Denial::OwnerMismatch)
+        );
+    }
+
+    #[test]
+    fn approved_key_logs_in_while_the_pod_lives() {
+        let base = objects(
+            vec![access("ns", "s1", "alice", &[])],
+            vec![session("ns", "s1", "alice")],
+        );
+        let mut objects = with_pod(base, "pod-1");
+        objects.approvals = vec![approval(
+            "SHA256:k",
+            "alice",
+            "pod-1",
+            "2999-01-01T00:00:00Z",
+        )];
+
+        let grant = authorize_approved_key(&objects, "s1", "SHA256:k", now()).expect("granted");
+        assert_eq!(grant.user, "alice");
+        assert_eq!(grant.fingerprint, "SHA256:k");
+        assert!(authorize_approved_key(&objects, "s1", "SHA256:other", now()).is_err());
+
+        // A new pod (the session was stopped and started) ends the approval.
+        let mut restarted = with_pod(objects, "pod-2");
+        assert!(authorize_approved_key(&restarted, "s1", "SHA256:k", now()).is_err());
+
+        // So do hibernation and expiry.
+        restarted.approvals = vec![approval(
+            "SHA256:k",
+            "alice",
+            "pod-2",
+            "2999-01-01T00:00:00Z",
+        )];
+        assert!(authorize_approved_key(&restarted, "s1", "SHA256:k", now()).is_ok());
+        let mut hibernated = session("ns", "s1", "alice");
+        hibernated.spec.hibernated = true;
+        restarted
+            .sessions
+            .insert(("ns".to_owned(), "s1".to_owned()), Arc::new(hibernated));
+        assert!(authorize_approved_key(&restarted, "s1", "SHA256:k", now()).is_err());
+    }
+
+    #[test]
+    fn expired_or_foreign_approval_is_ignored() {
+        let base = objects(
+            vec![access("ns", "s1", "alice", &[])],
+            vec![session("ns", "s1", "alice")],
+        );
+        let mut objects = with_pod(base, "pod-1");
+        objects.approvals = vec![
+            approval("SHA256:old", "alice", "pod-1", "2020-01-01T00:00:00Z"),
+            // Written by someone for a user who does not own the session.
+            approval("SHA256:bob", "bob", "pod-1", "2999-01-01T00:00:00Z"),
+        ];
+
+        assert!(authorize_approved_key(&objects, "s1", "SHA256:old", now()).is_err());
+        assert_eq!(
+            authorize_approved_key(&objects, "s1", "SHA256:bob", now()).err(),
+            Some(Denial::OwnerMismatch)
+        );
     }
 }

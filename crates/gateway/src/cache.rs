@@ -1,5 +1,5 @@
-//! Watch caches of the objects that logins are checked against: SSHAccesses, AmaltheaSessions
-//! and session Pods. A login reads these in-memory stores and makes no API request.
+//! Watch caches of the objects that logins are checked against: SSHAccesses, AmaltheaSessions,
+//! session Pods and the ConfigMaps that record device-login approvals. A login reads these in-memory stores and makes no API request.
 //!
 //! Every change to a watched object bumps a shared counter, which the revocation loop watches
 //! to re-check live connections.
@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use api::{AmaltheaSession, SshAccess};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::device::{APPROVAL_SELECTOR, Approval, SESSION_LABEL};
 use crate::routing::Lookup;
 
 /// Label selector of the pods amalthea runs for sessions.
@@ -28,13 +29,15 @@ pub struct Caches {
     accesses: Store<SshAccess>,
     sessions: Store<AmaltheaSession>,
     pods: Store<Pod>,
+    approvals: Option<Store<ConfigMap>>,
     changes: watch::Receiver<u64>,
 }
 
 impl Caches {
     /// Starts the watches for `namespace` (all namespaces when `None`) on the current runtime.
     /// The stores fill in the background; see [`Caches::wait_until_ready`].
-    pub fn start(client: Client, namespace: Option<&str>) -> Self {
+    /// Approvals are watched only when `device_flow` is on.
+    pub fn start(client: Client, namespace: Option<&str>, device_flow: bool) -> Self {
         let (changed, changes) = watch::channel(0u64);
         let accesses = spawn_reflector::<SshAccess>(
             api(&client, namespace),
@@ -58,6 +61,16 @@ impl Caches {
                 object.spec.extra_volumes = None;
             },
         );
+        let approvals = device_flow.then(|| {
+            spawn_reflector::<ConfigMap>(
+                api(&client, namespace),
+                watcher::Config::default().labels(APPROVAL_SELECTOR),
+                changed.clone(),
+                |object| {
+                    object.metadata.managed_fields = None;
+                },
+            )
+        });
         let pods = spawn_reflector::<Pod>(
             api(&client, namespace),
             watcher::Config::default().labels(SESSION_POD_SELECTOR),
@@ -76,18 +89,26 @@ impl Caches {
             accesses,
             sessions,
             pods,
+            approvals,
             changes,
         }
     }
 
     /// Waits until every store has its initial list.
     pub async fn wait_until_ready(&self) {
+        let approvals = async {
+            match &self.approvals {
+                Some(store) => store.wait_until_ready().await.is_ok(),
+                None => true,
+            }
+        };
         let results = futures::join!(
             self.accesses.wait_until_ready(),
             self.sessions.wait_until_ready(),
-            self.pods.wait_until_ready()
+            self.pods.wait_until_ready(),
+            approvals
         );
-        if results.0.is_err() || results.1.is_err() || results.2.is_err() {
+        if results.0.is_err() || results.1.is_err() || results.2.is_err() || !results.3 {
             warn!("a watch ended before its cache synced");
         }
     }
@@ -124,6 +145,24 @@ impl Lookup for Caches {
     fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         self.pods
             .get(&reflector::ObjectRef::new(name).within(namespace))
+    }
+
+    fn approvals_for_session(&self, session: &str) -> Vec<Approval> {
+        let Some(store) = &self.approvals else {
+            return Vec::new();
+        };
+        store
+            .state_filter(|object| {
+                object
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|labels| labels.get(SESSION_LABEL))
+                    .is_some_and(|name| name == session)
+            })
+            .iter()
+            .filter_map(|object| Approval::from_object(object))
+            .collect()
     }
 }
 

@@ -148,6 +148,46 @@ pub struct Args {
           value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// OpenID Connect issuer URL for logins without a key (OAuth 2.0 device authorization
+    /// grant), for example `https://renku.example.org/auth/realms/Renku`. Unset: only key
+    /// logins are offered.
+    #[arg(long, env = "RENKU_SSH_GATEWAY_OIDC_ISSUER", value_name = "URL")]
+    pub oidc_issuer: Option<String>,
+
+    /// Public client id with the device authorization grant enabled at the issuer.
+    #[arg(
+        long,
+        env = "RENKU_SSH_GATEWAY_DEVICE_CLIENT_ID",
+        default_value = "renku-cli"
+    )]
+    pub device_client_id: String,
+
+    /// Space-separated scopes requested in the device flow.
+    #[arg(long, env = "RENKU_SSH_GATEWAY_DEVICE_SCOPE", default_value = "openid")]
+    pub device_scope: String,
+
+    /// How long a key offered during an approved device login stays trusted for that user and
+    /// session. The access token's own expiry caps it, and the trust ends when the session
+    /// stops or hibernates.
+    #[arg(long, env = "RENKU_SSH_GATEWAY_DEVICE_APPROVAL_TTL", default_value = "8h",
+          value_parser = parse_duration)]
+    pub device_approval_ttl: Duration,
+
+    /// Device codes one source address may request within --device-code-window.
+    #[arg(long, env = "RENKU_SSH_GATEWAY_MAX_DEVICE_CODES_PER_ADDRESS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_device_codes_per_address: u32,
+
+    /// Device codes that may be requested for one session within --device-code-window.
+    #[arg(long, env = "RENKU_SSH_GATEWAY_MAX_DEVICE_CODES_PER_SESSION", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_device_codes_per_session: u32,
+
+    /// Window in which device-code requests are counted.
+    #[arg(long, env = "RENKU_SSH_GATEWAY_DEVICE_CODE_WINDOW", default_value = "10m",
+          value_parser = parse_duration)]
+    pub device_code_window: Duration,
+
     /// Address of the admin HTTP server (`/livez`, `/readyz`, `/metrics`).
     #[arg(
         long,
@@ -221,6 +261,25 @@ pub struct Limits {
     pub max_login_backoff: Duration,
 }
 
+/// Settings of logins through the OAuth 2.0 device authorization grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceFlowConfig {
+    /// OpenID Connect issuer URL.
+    pub issuer: String,
+    /// Public client id.
+    pub client_id: String,
+    /// Requested scopes.
+    pub scope: String,
+    /// Longest trust of an approved key.
+    pub approval_ttl: Duration,
+    /// Device codes per source address and window.
+    pub max_codes_per_address: u32,
+    /// Device codes per session and window.
+    pub max_codes_per_session: u32,
+    /// Window of the device-code counters.
+    pub code_window: Duration,
+}
+
 /// Validated gateway configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -246,6 +305,8 @@ pub struct Config {
     pub limits: Limits,
     /// Grace period on shutdown.
     pub shutdown_grace: Duration,
+    /// Device-flow login, when an issuer is configured.
+    pub device_flow: Option<DeviceFlowConfig>,
     /// Admin server address.
     pub admin_address: SocketAddr,
     /// Log format.
@@ -273,6 +334,18 @@ pub enum ConfigError {
     /// Certificate validity out of range.
     #[error("invalid --certificate-validity {0:?}: use a value from 1m to 1h")]
     CertificateValidity(Duration),
+    /// The issuer URL is not an absolute http(s) URL.
+    #[error(
+        "invalid --oidc-issuer {0:?}: give the issuer's absolute URL, for example \
+         https://renku.example.org/auth/realms/Renku"
+    )]
+    Issuer(String),
+    /// The device client id is empty.
+    #[error("--device-client-id is empty: give the public client that has the device grant")]
+    DeviceClientId,
+    /// Approval TTL out of range.
+    #[error("invalid --device-approval-ttl {0:?}: use a value from 1m to 7d")]
+    ApprovalTtl(Duration),
     /// The log format is unknown.
     #[error(transparent)]
     LogFormat(#[from] admin::Error),
@@ -301,6 +374,33 @@ impl Args {
         if self.certificate_validity < minute || self.certificate_validity > 60 * minute {
             return Err(ConfigError::CertificateValidity(self.certificate_validity));
         }
+        let device_flow = match self.oidc_issuer.filter(|issuer| !issuer.trim().is_empty()) {
+            None => None,
+            Some(issuer) => {
+                let absolute = reqwest::Url::parse(&issuer)
+                    .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.has_host());
+                if !absolute {
+                    return Err(ConfigError::Issuer(issuer));
+                }
+                if self.device_client_id.trim().is_empty() {
+                    return Err(ConfigError::DeviceClientId);
+                }
+                if self.device_approval_ttl < minute
+                    || self.device_approval_ttl > Duration::from_secs(7 * 86_400)
+                {
+                    return Err(ConfigError::ApprovalTtl(self.device_approval_ttl));
+                }
+                Some(DeviceFlowConfig {
+                    issuer,
+                    client_id: self.device_client_id,
+                    scope: self.device_scope,
+                    approval_ttl: self.device_approval_ttl,
+                    max_codes_per_address: self.max_device_codes_per_address,
+                    max_codes_per_session: self.max_device_codes_per_session,
+                    code_window: self.device_code_window,
+                })
+            }
+        };
         Ok(Config {
             listen: self.listen,
             host_key,
@@ -325,6 +425,7 @@ impl Args {
                 max_login_backoff: self.max_login_backoff.max(self.login_backoff),
             },
             shutdown_grace: self.shutdown_grace,
+            device_flow,
             admin_address: self.admin_address,
             log_format: self.log_format.parse()?,
         })

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use russh::keys::{Certificate, HashAlg};
@@ -19,11 +20,12 @@ use tokio::sync::{OnceCell, watch};
 use tracing::{Instrument, Span, debug, info, warn};
 
 use crate::audit::{ByteCount, ChannelAudit, ConnectionAudit};
-use crate::auth::{Grant, authorize};
+use crate::auth::{Denial, Grant, Proof, authorize, authorize_approved_key, authorize_user};
+use crate::device::{Approval, MAX_APPROVED_KEYS, PendingLogin, record_approvals};
 use crate::limits::ConnectionSlot;
 use crate::relay::{self, Activity, Request, SessionInput};
 use crate::revocation::{Revocable, Watched};
-use crate::routing::{Availability, Target, route};
+use crate::routing::{Availability, Lookup, Target, route};
 use crate::server::GatewayContext;
 use crate::upstream::{ClientSide, ForwardedTcpip, Identity, Upstream};
 
@@ -69,6 +71,8 @@ pub struct Shared {
     pub forwarding: OnceLock<api::ssh_access::Forwarding>,
     /// Audit records of the open session channels.
     channel_audits: Mutex<HashMap<ChannelId, Arc<Mutex<ChannelAudit>>>>,
+    /// Later end of the login grace period while a device login waits for the browser.
+    login_extended_until: Mutex<Option<Instant>>,
 }
 
 impl Shared {
@@ -91,7 +95,17 @@ impl Shared {
             upstream: OnceCell::new(),
             forwarding: OnceLock::new(),
             channel_audits: Mutex::default(),
+            login_extended_until: Mutex::default(),
         }
+    }
+
+    /// Returns the later end of the login grace period, if a device login set one.
+    pub fn login_extended_until(&self) -> Option<Instant> {
+        *lock(&self.login_extended_until)
+    }
+
+    fn extend_login(&self, until: Instant) {
+        *lock(&self.login_extended_until) = Some(until);
     }
 
     /// Records the command (exec command or subsystem) of a session channel for its audit line.
@@ -263,6 +277,30 @@ enum SessionChannel {
     },
 }
 
+/// Keyboard-interactive state of a connection.
+enum Interactive {
+    /// No device login started yet.
+    Idle,
+    /// The client has the prompt; the provider is being polled.
+    Waiting(PendingLogin),
+    /// The client has a closing message; its answer ends keyboard-interactive.
+    Notice,
+}
+
+/// Name of the keyboard-interactive exchange, which OpenSSH prints above the prompt.
+const INTERACTIVE_NAME: &str = "";
+/// Time left for the closing message's round trip once a device login has an outcome.
+const NOTICE_GRACE: Duration = Duration::from_secs(30);
+
+/// Returns the authentication methods to offer.
+pub fn methods(device_flow: bool) -> MethodSet {
+    if device_flow {
+        MethodSet::from(&[MethodKind::PublicKey, MethodKind::KeyboardInteractive][..])
+    } else {
+        MethodSet::from(&[MethodKind::PublicKey][..])
+    }
+}
+
 /// What the login allows, once authenticated.
 struct Authorized {
     grant: Grant,
@@ -276,6 +314,10 @@ pub struct Connection {
     context: Arc<GatewayContext>,
     authorized: Option<Arc<Authorized>>,
     channels: Arc<Mutex<HashMap<ChannelId, SessionChannel>>>,
+    /// Fingerprints of the keys the client offered and the policy refused, which an approved
+    /// device login trusts afterwards.
+    offered: Vec<String>,
+    interactive: Interactive,
 }
 
 impl Connection {
@@ -286,11 +328,17 @@ impl Connection {
             context,
             authorized: None,
             channels: Arc::default(),
+            offered: Vec::new(),
+            interactive: Interactive::Idle,
         }
     }
 
     fn methods(&self) -> MethodSet {
-        MethodSet::from(&[MethodKind::PublicKey][..])
+        // Once a device login has ended without access, keyboard-interactive is no longer
+        // offered, so that the client does not start another one.
+        let device =
+            self.context.device.is_some() && !matches!(self.interactive, Interactive::Notice);
+        methods(device)
     }
 
     fn reject(&self) -> Auth {
@@ -303,16 +351,168 @@ impl Connection {
         }
     }
 
-    /// Checks rate limits and the login policy for `user` with the key `fingerprint`.
-    fn check(&self, user: &str, fingerprint: &str) -> Option<Grant> {
+    /// Shows `message` to the user through a keyboard-interactive exchange without prompts;
+    /// the client's empty answer is then rejected.
+    fn notice(&mut self, message: String) -> Auth {
+        self.interactive = Interactive::Notice;
+        self.shared.extend_login(Instant::now() + NOTICE_GRACE);
+        Auth::Partial {
+            name: INTERACTIVE_NAME.into(),
+            instructions: format!("{message}\n").into(),
+            prompts: Vec::new().into(),
+        }
+    }
+
+    /// Starts a device login for the session `user` and returns the prompt.
+    async fn start_device_login(&mut self, user: &str) -> Auth {
+        let Some(device) = self.context.device.clone() else {
+            return self.reject();
+        };
+        if let Err(refusal) = self.context.limits.check_login(self.shared.peer.ip(), user) {
+            debug!(user, ?refusal, "device login refused: failed-login limit");
+            self.context.metrics.login("rate_limited");
+            return self.notice(
+                "too many failed logins: wait a few minutes, then connect again".to_owned(),
+            );
+        }
+        match device.start(self.shared.peer.ip(), user).await {
+            Ok(pending) => {
+                self.context.metrics.login("device_started");
+                // The client waits for our answer while the user approves in the browser.
+                self.shared.extend_login(pending.expires_at + NOTICE_GRACE);
+                let prompt = pending.prompt.clone();
+                self.interactive = Interactive::Waiting(pending);
+                Auth::Partial {
+                    name: INTERACTIVE_NAME.into(),
+                    instructions: "".into(),
+                    prompts: vec![(prompt.into(), true)].into(),
+                }
+            }
+            Err(error) => {
+                self.context.metrics.login("device_unavailable");
+                self.notice(error.to_string())
+            }
+        }
+    }
+
+    /// Decides a device login whose token passed verification.
+    async fn finish_device_login(&mut self, user: &str, token: oidc::VerifiedToken) -> Auth {
+        let fingerprint = self.offered.first().cloned().unwrap_or_default();
+        let name = token
+            .preferred_username
+            .clone()
+            .unwrap_or_else(|| token.subject.clone());
+        let grant = match authorize_user(
+            &self.context.caches,
+            user,
+            &token.subject,
+            &fingerprint,
+            Timestamp::now(),
+        ) {
+            Ok(grant) => grant,
+            Err(denial) => {
+                info!(
+                    session = user,
+                    subject = token.subject,
+                    reason = denial.as_str(),
+                    "device login refused"
+                );
+                self.context.metrics.login("device_refused");
+                let message = match denial {
+                    Denial::DeviceFlowDisabled => format!(
+                        "login without a key is turned off for session {user}: log in with a \
+                         registered key"
+                    ),
+                    _ => format!(
+                        "the account {name} that approved this login may not log in to session \
+                         {user}: approve with the account that owns the session"
+                    ),
+                };
+                return self.notice(message);
+            }
+        };
+        self.record_approvals(&grant, &token).await;
+        info!(
+            session = user,
+            subject = token.subject,
+            "device login approved"
+        );
+        self.authorize_login(
+            grant,
+            Proof::Owner {
+                user: token.subject,
+            },
+            "keyboard-interactive",
+        );
+        Auth::Accept
+    }
+
+    /// Records that the keys this client offered may log in again without a new approval.
+    async fn record_approvals(&self, grant: &Grant, token: &oidc::VerifiedToken) {
+        let Some(device) = &self.context.device else {
+            return;
+        };
+        let pod = self
+            .context
+            .caches
+            .pod(&grant.namespace, &crate::routing::pod_name(&grant.session));
+        let Some(pod_uid) = pod.and_then(|pod| pod.metadata.uid.clone()) else {
+            debug!("session has no pod; no key approved");
+            return;
+        };
+        let expires_at = device.approval_end(token.expires_at);
+        let approvals: Vec<Approval> = self
+            .offered
+            .iter()
+            .map(|fingerprint| Approval {
+                namespace: grant.namespace.clone(),
+                session: grant.session.clone(),
+                fingerprint: fingerprint.clone(),
+                user: token.subject.clone(),
+                pod_uid: pod_uid.clone(),
+                expires_at,
+            })
+            .collect();
+        if approvals.is_empty() {
+            return;
+        }
+        match record_approvals(&self.context.client, &grant.access_object, &approvals).await {
+            Ok(()) => info!(keys = approvals.len(), %expires_at, "approved the offered keys"),
+            Err(error) => {
+                warn!(%error, "cannot record the approved keys; the next login asks again")
+            }
+        }
+    }
+
+    /// Checks rate limits and the login policy for `user` with the key `fingerprint`: a key
+    /// the SSHAccess lists, or one that a device login approved.
+    fn check(&self, user: &str, fingerprint: &str) -> Option<(Grant, Proof)> {
         lock(&self.shared.audit).ssh_user = Some(user.to_owned());
         if let Err(refusal) = self.context.limits.check_login(self.shared.peer.ip(), user) {
             debug!(user, ?refusal, "login refused: failed-login limit");
             self.context.metrics.login("rate_limited");
             return None;
         }
-        match authorize(&self.context.caches, user, fingerprint, Timestamp::now()) {
-            Ok(grant) => Some(grant),
+        let now = Timestamp::now();
+        let approved = || {
+            authorize_approved_key(&self.context.caches, user, fingerprint, now).map(|grant| {
+                let proof = Proof::Owner {
+                    user: grant.user.clone(),
+                };
+                (grant, proof)
+            })
+        };
+        let result = authorize(&self.context.caches, user, fingerprint, now)
+            .map(|grant| (grant, Proof::Key))
+            .or_else(|denial| {
+                if self.context.device.is_some() {
+                    approved().map_err(|_| denial)
+                } else {
+                    Err(denial)
+                }
+            });
+        match result {
+            Ok(granted) => Some(granted),
             Err(denial) => {
                 debug!(
                     user,
@@ -326,7 +526,7 @@ impl Connection {
         }
     }
 
-    fn authorize_login(&mut self, grant: Grant) {
+    fn authorize_login(&mut self, grant: Grant, proof: Proof, method: &'static str) {
         let slot = self.context.limits.acquire_connection(&grant.user);
         let availability = match slot {
             Some(_) => route(&self.context.caches, &grant, &self.context.route_settings),
@@ -340,8 +540,8 @@ impl Connection {
             let mut audit = lock(&self.shared.audit);
             audit.user = Some(grant.user.clone());
             audit.session = Some(format!("{}/{}", grant.namespace, grant.session));
-            audit.method = Some("publickey");
-            audit.fingerprint = Some(grant.fingerprint.clone());
+            audit.method = Some(method);
+            audit.fingerprint = (!grant.fingerprint.is_empty()).then(|| grant.fingerprint.clone());
         }
         let routed = matches!(availability, Availability::Ready(_));
         let _ = self.shared.forwarding.set(grant.forwarding.clone());
@@ -351,6 +551,7 @@ impl Connection {
                 namespace: grant.namespace.clone(),
                 session: grant.session.clone(),
                 fingerprint: grant.fingerprint.clone(),
+                proof,
                 routed,
                 target: Arc::clone(&self.shared) as Arc<dyn Revocable>,
             },
@@ -364,6 +565,7 @@ impl Connection {
             user = grant.user,
             session = %format!("{}/{}", grant.namespace, grant.session),
             fingerprint = grant.fingerprint,
+            method,
             routed,
             "authenticated"
         );
@@ -718,7 +920,12 @@ impl Handler for Connection {
         let fingerprint = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
         match self.check(user, &fingerprint) {
             Some(_) => Ok(Auth::Accept),
-            None => Ok(self.reject()),
+            None => {
+                if self.offered.len() < MAX_APPROVED_KEYS && !self.offered.contains(&fingerprint) {
+                    self.offered.push(fingerprint);
+                }
+                Ok(self.reject())
+            }
         }
     }
 
@@ -731,8 +938,12 @@ impl Handler for Connection {
         let _entered = span.enter();
         let fingerprint = key.public_key.fingerprint(HashAlg::Sha256).to_string();
         match self.check(user, &fingerprint) {
-            Some(grant) => {
-                self.authorize_login(grant);
+            Some((grant, proof)) => {
+                let method = match proof {
+                    Proof::Key => "publickey",
+                    Proof::Owner { .. } => "publickey-approved",
+                };
+                self.authorize_login(grant, proof, method);
                 Ok(Auth::Accept)
             }
             None => Ok(self.reject()),
@@ -752,12 +963,41 @@ impl Handler for Connection {
         &'a mut self,
         user: &str,
         _submethods: &str,
-        _response: Option<russh::server::Response<'a>>,
+        response: Option<russh::server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
-        // NOTE: the device-flow login plugs in here through `auth::InteractiveAuthenticator`;
-        // until it exists, keyboard-interactive is not offered and always rejected.
-        lock(&self.shared.audit).ssh_user = Some(user.to_owned());
-        Ok(self.reject())
+        let span = self.shared.span.clone();
+        {
+            let mut audit = lock(&self.shared.audit);
+            audit.ssh_user = Some(user.to_owned());
+            audit.method = Some("keyboard-interactive");
+        }
+        if self.context.device.is_none() {
+            return Ok(self.reject());
+        }
+        let auth = match std::mem::replace(&mut self.interactive, Interactive::Idle) {
+            Interactive::Idle if response.is_none() => {
+                self.start_device_login(user).instrument(span).await
+            }
+            Interactive::Waiting(mut pending) => {
+                // The answer to the prompt carries nothing; the provider's decision does.
+                let outcome = pending.outcome().instrument(span.clone()).await;
+                self.shared.extend_login(Instant::now() + NOTICE_GRACE);
+                match outcome {
+                    Ok(token) => self.finish_device_login(user, token).instrument(span).await,
+                    Err(message) => {
+                        info!(parent: &span, session = user, message, "device login ended without access");
+                        self.context.metrics.login("device_failed");
+                        self.notice(message)
+                    }
+                }
+            }
+            Interactive::Notice => {
+                self.interactive = Interactive::Notice;
+                self.reject()
+            }
+            Interactive::Idle => self.reject(),
+        };
+        Ok(auth)
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {

@@ -21,6 +21,7 @@ pub mod cache;
 pub mod certificate;
 pub mod config;
 pub mod connection;
+pub mod device;
 pub mod limits;
 pub mod relay;
 pub mod revocation;
@@ -37,7 +38,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use prometheus_client::registry::Registry as MetricsRegistry;
 use russh::keys::{HashAlg, PrivateKey};
-use russh::{MethodKind, MethodSet, Preferred, SshId, cipher};
+use russh::{Preferred, SshId, cipher};
 use tokio::net::TcpListener;
 use tokio::sync::RwLock;
 use tracing::{info, warn};
@@ -46,6 +47,7 @@ use crate::audit::Metrics;
 use crate::cache::Caches;
 use crate::certificate::{CA_PRIVATE_KEY, CertificateAuthority};
 use crate::config::{Config, HostKeySource, SecretName};
+use crate::device::DeviceLogin;
 use crate::limits::LimitState;
 use crate::revocation::Registry;
 use crate::routing::RouteSettings;
@@ -86,6 +88,9 @@ pub enum Error {
         /// Cause.
         reason: String,
     },
+    /// The device-flow settings are unusable.
+    #[error("cannot set up login without a key: {0}")]
+    DeviceFlow(#[source] oidc::Error),
     /// The listen address cannot be bound.
     #[error("cannot listen on {address}: {source}; choose a free address with --listen")]
     Listen {
@@ -123,7 +128,24 @@ impl Gateway {
         let metrics = Metrics::default();
         metrics.register(metrics_registry);
 
-        let caches = Caches::start(client.clone(), config.watch_namespace.as_deref());
+        let device = match &config.device_flow {
+            Some(settings) => {
+                info!(
+                    issuer = settings.issuer,
+                    client_id = settings.client_id,
+                    "login without a key offered through the device flow"
+                );
+                Some(Arc::new(
+                    DeviceLogin::new(settings.clone()).map_err(Error::DeviceFlow)?,
+                ))
+            }
+            None => None,
+        };
+        let caches = Caches::start(
+            client.clone(),
+            config.watch_namespace.as_deref(),
+            device.is_some(),
+        );
         let route_settings = RouteSettings {
             mode: config.upstream,
             sidecar_port: config.sidecar_port,
@@ -140,6 +162,8 @@ impl Gateway {
             limits: LimitState::new(config.limits.clone()),
             metrics: metrics.clone(),
             registry: Arc::new(Registry::default()),
+            device,
+            client: client.clone(),
         });
         tokio::spawn(load_ca(
             client,
@@ -198,7 +222,7 @@ fn ssh_config(config: &Config, host_key: PrivateKey) -> russh::server::Config {
             "SSH-2.0-renku-ssh-gateway_{}",
             env!("CARGO_PKG_VERSION")
         ))),
-        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        methods: connection::methods(config.device_flow.is_some()),
         // Every rejection takes the same path through the watch caches, so an unknown session
         // and a rejected key cannot be distinguished by timing either.
         auth_rejection_time: Duration::ZERO,

@@ -15,7 +15,7 @@ use k8s_openapi::jiff::Timestamp;
 use tracing::info;
 
 use crate::audit::{Metrics, ReasonLabel};
-use crate::auth::{Denial, authorize};
+use crate::auth::{Denial, Proof, recheck};
 use crate::cache::Caches;
 use crate::routing::{Availability, Lookup, RouteSettings, route};
 
@@ -36,8 +36,10 @@ pub struct Watched {
     pub namespace: String,
     /// Session name.
     pub session: String,
-    /// Fingerprint of the key that logged in.
+    /// Fingerprint of the key that logged in, or empty for a device login without a key.
     pub fingerprint: String,
+    /// What the login proved, re-checked on every pass.
+    pub proof: Proof,
     /// Whether the session was reachable at login; only then do hibernation and pod loss
     /// close the connection.
     pub routed: bool,
@@ -124,7 +126,7 @@ fn verdict(
     now: Timestamp,
 ) -> Result<(), (&'static str, String)> {
     let session = &watched.session;
-    let grant = match authorize(lookup, session, &watched.fingerprint, now) {
+    let grant = match recheck(lookup, session, &watched.fingerprint, &watched.proof, now) {
         Ok(grant) if grant.namespace == watched.namespace => grant,
         Ok(_) => {
             return Err((
@@ -155,6 +157,10 @@ fn denial_message(denial: Denial, watched: &Watched) -> String {
         Denial::OwnerMismatch | Denial::Ambiguous => {
             format!("SSH access to session {session} changed: connect again")
         }
+        Denial::DeviceFlowDisabled => format!(
+            "login without a key was turned off for session {session}: connect with a \
+             registered key"
+        ),
     }
 }
 
@@ -176,6 +182,10 @@ impl Lookup for Snapshot<'_> {
 
     fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         self.caches.pod(namespace, name)
+    }
+
+    fn approvals_for_session(&self, session: &str) -> Vec<crate::device::Approval> {
+        self.caches.approvals_for_session(session)
     }
 }
 
@@ -260,6 +270,7 @@ mod tests {
                 namespace: "ns".into(),
                 session: "s1".into(),
                 fingerprint: "SHA256:a".into(),
+                proof: Proof::Key,
                 routed: true,
                 target: Arc::clone(recorder) as Arc<dyn Revocable>,
             },

@@ -25,6 +25,10 @@ pub trait Lookup {
     fn session(&self, namespace: &str, name: &str) -> Option<Arc<AmaltheaSession>>;
     /// Returns the Pod `namespace/name`.
     fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>>;
+    /// Returns the device-login approvals recorded for sessions named `session`.
+    fn approvals_for_session(&self, _session: &str) -> Vec<crate::device::Approval> {
+        Vec::new()
+    }
 }
 
 /// How to reach the sidecar.
@@ -102,7 +106,7 @@ pub fn route(lookup: &impl Lookup, grant: &Grant, settings: &RouteSettings) -> A
         Ok(key) => key,
         Err(message) => return Availability::Unavailable(format!("session {session} {message}")),
     };
-    let pod_name = format!("{session}-0");
+    let pod_name = pod_name(session);
     let pod = lookup.pod(&grant.namespace, &pod_name);
     let pod_ip = pod.as_deref().and_then(running_pod_ip);
     let Some(pod_ip) = pod_ip else {
@@ -127,6 +131,11 @@ pub fn route(lookup: &impl Lookup, grant: &Grant, settings: &RouteSettings) -> A
         ),
     };
     Availability::Ready(Target { address, host_key })
+}
+
+/// Returns the name of a session's pod: amalthea runs each session as a StatefulSet of one.
+pub fn pod_name(session: &str) -> String {
+    format!("{session}-0")
 }
 
 /// Returns the IP of a pod that is Running and not being deleted.
@@ -187,6 +196,7 @@ pub(crate) mod tests {
         pub accesses: Vec<Arc<SshAccess>>,
         pub sessions: HashMap<(String, String), Arc<AmaltheaSession>>,
         pub pods: HashMap<(String, String), Arc<Pod>>,
+        pub approvals: Vec<crate::device::Approval>,
     }
 
     impl Lookup for Objects {
@@ -205,6 +215,11 @@ pub(crate) mod tests {
             self.pods
                 .get(&(namespace.to_owned(), name.to_owned()))
                 .cloned()
+        }
+
+        fn approvals_for_session(&self, session: &str) -> Vec<crate::device::Approval> {
+            let matches = |approval: &&crate::device::Approval| approval.session == session;
+            self.approvals.iter().filter(matches).cloned().collect()
         }
     }
 

@@ -16,6 +16,7 @@ use crate::audit::{self, Metrics};
 use crate::cache::Caches;
 use crate::certificate::CertificateAuthority;
 use crate::connection::{Connection, Shared};
+use crate::device::DeviceLogin;
 use crate::limits::LimitState;
 use crate::revocation::Registry;
 use crate::routing::RouteSettings;
@@ -44,6 +45,10 @@ pub struct GatewayContext {
     pub metrics: Metrics,
     /// Live connections, for revocation.
     pub registry: Arc<Registry>,
+    /// Login without a key, when an identity provider is configured.
+    pub device: Option<Arc<DeviceLogin>>,
+    /// Kubernetes client, for recording device-login approvals.
+    pub client: kube::Client,
 }
 
 /// Accepts connections until `shutdown` completes, then lets open connections finish for
@@ -200,8 +205,17 @@ async fn supervise(
                 && grace_deadline.is_some()
                 && !shared.authenticated.load(Ordering::SeqCst) =>
             {
-                requested = Some("login grace time exceeded".to_owned());
-                disconnect(&handle, "login grace time exceeded").await;
+                // A device login waiting for the browser may outlast LoginGraceTime, up to
+                // the expiry of its code.
+                match shared.login_extended_until() {
+                    Some(until) if until > Instant::now() => {
+                        grace_timer.as_mut().reset(until.into());
+                    }
+                    _ => {
+                        requested = Some("login grace time exceeded".to_owned());
+                        disconnect(&handle, "login grace time exceeded").await;
+                    }
+                }
             }
             _ = ticker.tick(), if requested.is_none() => {
                 if let Some(limit) = limits.idle_timeout

@@ -1,0 +1,413 @@
+//! Login without a registered key: the real OpenSSH client, the gateway with the device flow
+//! on, the operator, and the Keycloak that `scripts/keycloak.sh start` runs. The client reads
+//! the prompt through `SSH_ASKPASS`, and a browser stand-in signs in to Keycloak and approves
+//! or denies the code.
+
+mod gateway_support;
+#[path = "../../../crates/oidc/tests/common/mod.rs"]
+mod keycloak;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use gateway_support::{Env, TestSession, describe, fingerprint, public_key};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::ListParams;
+use tokio::process::Command;
+
+use keycloak::admin::Admin;
+use keycloak::browser::{Browser, Consent};
+use keycloak::relay::Relay;
+
+/// Time allowed for the prompt to reach the askpass program.
+const PROMPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for a whole ssh run, approval included.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Writes an askpass program that appends each prompt to `log` and answers with an empty line.
+fn write_askpass(dir: &Path) -> (PathBuf, PathBuf) {
+    let script = dir.join("askpass.sh");
+    let log = dir.join("askpass.log");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n--end--\\n' \"$1\" >> '{}'\necho\n",
+            log.display()
+        ),
+    )
+    .expect("write askpass");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    (script, log)
+}
+
+/// One ssh run that may use keyboard-interactive, with its prompts in a log file.
+struct Login {
+    child: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl Login {
+    /// Starts `ssh <session>@gateway <command>` with the client configuration of the key
+    /// `key`, allowing keyboard-interactive.
+    fn start(env: &Env, key: &Path, session: &str, command: &str, tag: &str) -> Login {
+        let dir = env.dir.path().join(tag);
+        std::fs::create_dir_all(&dir).expect("login dir");
+        let (askpass, log) = write_askpass(&dir);
+        // Parallel logins share the key, so each reads a copy of its configuration.
+        let config = dir.join("ssh_config");
+        std::fs::copy(format!("{}.config", key.display()), &config).expect("copy ssh config");
+        let child = Command::new("ssh")
+            .arg("-F")
+            .arg(&config)
+            .args([
+                "-o",
+                "BatchMode=no",
+                "-o",
+                "PreferredAuthentications=publickey,keyboard-interactive",
+                "-o",
+                "KbdInteractiveAuthentication=yes",
+            ])
+            .arg(format!("{session}@gateway"))
+            .arg(command)
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env_remove("DISPLAY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start ssh");
+        Login { child, log }
+    }
+
+    /// Waits for the first prompt and returns the verification URL and the user code in it.
+    async fn prompt(&self) -> anyhow::Result<(String, String, String)> {
+        let deadline = tokio::time::Instant::now() + PROMPT_TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(prompt) = text.split("--end--").next().filter(|p| !p.is_empty()) {
+                let url = prompt
+                    .split_whitespace()
+                    .find(|word| word.starts_with("http"))
+                    .context("prompt without URL")?
+                    .to_owned();
+                let code = prompt
+                    .split("the code ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .context("prompt without code")?
+                    .to_owned();
+                return Ok((prompt.to_owned(), url, code));
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("no prompt reached the askpass program within {PROMPT_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn finish(self) -> anyhow::Result<std::process::Output> {
+        tokio::time::timeout(LOGIN_TIMEOUT, self.child.wait_with_output())
+            .await
+            .context("ssh did not finish")?
+            .context("ssh output")
+    }
+}
+
+struct World {
+    env: Env,
+    keycloak: keycloak::Keycloak,
+    alice_id: String,
+}
+
+/// Starts the operator and the gateway with the device flow against `issuer` (the test realm
+/// when `None`).
+async fn world(prefix: &str, issuer: Option<&str>) -> anyhow::Result<World> {
+    let keycloak = keycloak::keycloak().await;
+    let admin = Admin::login(&keycloak).await;
+    let alice_id = admin.user_id(&keycloak.alice.username).await;
+    let issuer = issuer.unwrap_or(&keycloak.issuer).to_owned();
+    let env = Env::start(
+        prefix,
+        &[
+            "--oidc-issuer",
+            &issuer,
+            "--device-client-id",
+            &keycloak.cli_client_id,
+        ],
+    )
+    .await?;
+    Ok(World {
+        env,
+        keycloak,
+        alice_id,
+    })
+}
+
+/// Generates a client key and its client configuration.
+fn client_key(env: &Env, name: &str) -> PathBuf {
+    let key = env.key(name);
+    env.ssh_config(&key);
+    key
+}
+
+/// Creates Alice's running session; its registered key is one the client never uses.
+async fn alice_session(world: &World, name: &str, subnet: u8) -> anyhow::Result<TestSession> {
+    let registered = world.env.key(&format!("{name}-registered"));
+    let keys = format!("{}\n", public_key(&registered));
+    let session = world
+        .env
+        .session(name, &world.alice_id, &keys, subnet)
+        .await?;
+    world.env.trust(&session.known_hosts_line);
+    Ok(session)
+}
+
+async fn approve(world: &World, url: &str, code: &str, as_bob: bool, consent: Consent) {
+    let user = if as_bob {
+        &world.keycloak.bob
+    } else {
+        &world.keycloak.alice
+    };
+    // The browser stand-in types the code into the plain verification page.
+    let page = url.split('?').next().unwrap_or(url);
+    Browser::new()
+        .complete_device_login(page, code, &user.username, &user.password, consent)
+        .await;
+}
+
+async fn approvals(world: &World) -> anyhow::Result<Vec<ConfigMap>> {
+    let api = Api::<ConfigMap>::namespaced(world.env.client.clone(), world.env.ns());
+    let list = api
+        .list(&ListParams::default().labels(gateway::device::APPROVAL_SELECTOR))
+        .await?;
+    Ok(list.items)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn owner_approves_and_the_key_is_trusted_until_hibernation() -> anyhow::Result<()> {
+    let _realm = keycloak::shared_realm().await;
+    let world = world("dev-owner", None).await?;
+    let session = alice_session(&world, "alice-dev", 81).await?;
+    let laptop = client_key(&world.env, "laptop");
+
+    let login = Login::start(
+        &world.env,
+        &laptop,
+        &session.name,
+        "echo in-session; exit 7",
+        "first",
+    );
+    let (prompt, url, code) = login.prompt().await?;
+    assert!(
+        prompt.contains(&format!("session {}", session.name)),
+        "{prompt}"
+    );
+    assert!(
+        url.contains(&code),
+        "verification_uri_complete carries the code: {prompt}"
+    );
+    approve(&world, &url, &code, false, Consent::Accept).await;
+    let output = login.finish().await?;
+    assert_eq!(output.status.code(), Some(7), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("in-session"),
+        "{}",
+        describe(&output)
+    );
+
+    // The approval is in the cluster, for the key the client offered.
+    let recorded = approvals(&world).await?;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let data = recorded[0].data.clone().unwrap_or_default();
+    assert_eq!(data.get("fingerprint"), Some(&fingerprint(&laptop)));
+    assert_eq!(data.get("user"), Some(&world.alice_id));
+
+    // The approved key now logs in on its own, even where keyboard-interactive is off
+    // (BatchMode). The gateway sees the approval through its watch, so allow it a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut ssh = world.env.ssh(&laptop);
+        ssh.arg(format!("{}@gateway", session.name))
+            .arg("echo key-only");
+        let output = tokio::task::spawn_blocking(move || ssh.output()).await??;
+        if output.status.success() {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "approved key rejected: {}",
+            describe(&output)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // An IDE's burst of parallel connections with the same key asks nothing.
+    let burst: Vec<Login> = (0..4)
+        .map(|index| {
+            Login::start(
+                &world.env,
+                &laptop,
+                &session.name,
+                "echo again",
+                &format!("burst-{index}"),
+            )
+        })
+        .collect();
+    for (index, login) in burst.into_iter().enumerate() {
+        let output = login.finish().await?;
+        assert!(output.status.success(), "{}", describe(&output));
+        assert_eq!(login_prompts(&world, &format!("burst-{index}")), 0);
+    }
+
+    // Hibernation ends the trust: the same key gets the device flow again.
+    world.env.hibernate(&session.name, true).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let login = Login::start(&world.env, &laptop, &session.name, "true", "hibernated");
+    let (prompt, _, _) = login.prompt().await?;
+    assert!(prompt.contains("open this page"), "{prompt}");
+    drop(login);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_account_approving_gets_no_access() -> anyhow::Result<()> {
+    let _realm = keycloak::shared_realm().await;
+    let world = world("dev-other", None).await?;
+    let session = alice_session(&world, "alice-oth", 82).await?;
+    let key = client_key(&world.env, "bob-laptop");
+
+    let login = Login::start(&world.env, &key, &session.name, "true", "bob");
+    let (_, url, code) = login.prompt().await?;
+    approve(&world, &url, &code, true, Consent::Accept).await;
+    let output = login.finish().await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(255), "{}", describe(&output));
+    assert!(
+        stderr.contains("may not log in to session alice-oth"),
+        "{}",
+        describe(&output)
+    );
+    assert_eq!(
+        login_prompts(&world, "bob"),
+        1,
+        "no second code after a refusal"
+    );
+    assert!(approvals(&world).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn denied_login_says_so() -> anyhow::Result<()> {
+    let _realm = keycloak::shared_realm().await;
+    let world = world("dev-deny", None).await?;
+    let session = alice_session(&world, "alice-deny", 83).await?;
+    let key = client_key(&world.env, "deny-laptop");
+
+    let login = Login::start(&world.env, &key, &session.name, "true", "deny");
+    let (_, url, code) = login.prompt().await?;
+    approve(&world, &url, &code, false, Consent::Deny).await;
+    let output = login.finish().await?;
+    assert_eq!(output.status.code(), Some(255), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("denied in the browser"),
+        "{}",
+        describe(&output)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expired_code_says_so() -> anyhow::Result<()> {
+    let _realm = keycloak::exclusive_realm().await;
+    let world = world("dev-expire", None).await?;
+    let session = alice_session(&world, "alice-exp", 84).await?;
+    let key = client_key(&world.env, "expire-laptop");
+    let admin = Admin::login(&world.keycloak).await;
+    let client_id = world.keycloak.cli_client_id.clone();
+    admin
+        .set_client_attribute(&client_id, "oauth2.device.code.lifespan", "12")
+        .await;
+
+    let login = Login::start(&world.env, &key, &session.name, "true", "expire");
+    let result = async {
+        let (prompt, _, _) = login.prompt().await?;
+        anyhow::ensure!(prompt.contains("expires in 1 min"), "{prompt}");
+        login.finish().await
+    }
+    .await;
+    admin
+        .set_client_attribute(&client_id, "oauth2.device.code.lifespan", "600")
+        .await;
+    let output = result?;
+    assert_eq!(output.status.code(), Some(255), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("code expired"),
+        "{}",
+        describe(&output)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn provider_down_is_reported_and_keys_still_work() -> anyhow::Result<()> {
+    let _realm = keycloak::shared_realm().await;
+    let keycloak = keycloak::keycloak().await;
+    let target = reqwest::Url::parse(&keycloak.url)?;
+    let target_address = target
+        .socket_addrs(|| None)?
+        .into_iter()
+        .next()
+        .context("Keycloak address")?;
+    let relay = Relay::start(target_address).await;
+    let issuer = keycloak.issuer.replace(
+        &format!(":{}", target.port().context("Keycloak port")?),
+        &format!(":{}", relay.addr.port()),
+    );
+    let world = world("dev-down", Some(&issuer)).await?;
+    let session = alice_session(&world, "alice-down", 85).await?;
+    let laptop = client_key(&world.env, "down-laptop");
+
+    // The provider goes away while the user is approving.
+    let login = Login::start(&world.env, &laptop, &session.name, "true", "mid-flow");
+    login.prompt().await?;
+    relay.shutdown();
+    let output = login.finish().await?;
+    assert_eq!(output.status.code(), Some(255), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("stopped answering"),
+        "{}",
+        describe(&output)
+    );
+
+    // With the provider down from the start, the user is told at once.
+    let login = Login::start(&world.env, &laptop, &session.name, "true", "down");
+    let output = login.finish().await?;
+    assert_eq!(output.status.code(), Some(255), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("is not answering"),
+        "{}",
+        describe(&output)
+    );
+
+    // Key logins do not depend on the provider.
+    let registered = world.env.dir.path().join("alice-down-registered");
+    let mut ssh = world.env.ssh(&registered);
+    ssh.arg(format!("{}@gateway", session.name))
+        .arg("echo key-login");
+    let output = tokio::task::spawn_blocking(move || ssh.output()).await??;
+    assert!(output.status.success(), "{}", describe(&output));
+    Ok(())
+}
+
+fn login_prompts(world: &World, tag: &str) -> usize {
+    std::fs::read_to_string(world.env.dir.path().join(tag).join("askpass.log"))
+        .unwrap_or_default()
+        .matches("--end--")
+        .count()
+}
