@@ -7,7 +7,7 @@
 //! Every reason for a rejection gives the client the same answer; the [`Denial`] is for logs
 //! and metrics only.
 //!
-//! A device login proves who the user is instead of which key they hold:
+//! A device login proves who the user is instead of which key they have.
 //! [`authorize_user`] lets the subject in when it owns the session and its SSHAccess allows
 //! the device flow, and [`authorize_approved_key`] lets in a key that such a login approved.
 
@@ -159,7 +159,7 @@ fn grant(access: &Arc<SshAccess>, session: &str, fingerprint: &str) -> Grant {
     }
 }
 
-/// How a connection proved its right to the session; the revocation loop re-checks the same.
+/// Proof of a connection's right to the session, which the revocation loop checks again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Proof {
     /// A key in the SSHAccess's `acceptedKeys`.
@@ -537,7 +537,7 @@ pub(crate) mod tests {
         let mut restarted = with_pod(objects, "pod-2");
         assert!(authorize_approved_key(&restarted, "s1", "SHA256:k", now()).is_err());
 
-        // So do hibernation and expiry.
+        // So does hibernation.
         restarted.approvals = vec![approval(
             "SHA256:k",
             "alice",

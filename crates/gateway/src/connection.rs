@@ -283,7 +283,7 @@ enum Interactive {
     Idle,
     /// The client has the prompt; the provider is being polled.
     Waiting(PendingLogin),
-    /// The client has a closing message; its answer ends keyboard-interactive.
+    /// The client has a closing message; its reply ends keyboard-interactive.
     Notice,
 }
 
@@ -369,7 +369,7 @@ impl Connection {
             return self.reject();
         };
         if let Err(refusal) = self.context.limits.check_login(self.shared.peer.ip(), user) {
-            debug!(user, ?refusal, "device login refused: failed-login limit");
+            debug!(user, ?refusal, "device login rejected: failed-login limit");
             self.context.metrics.login("rate_limited");
             return self.notice(
                 "too many failed logins: wait a few minutes, then connect again".to_owned(),
@@ -378,7 +378,7 @@ impl Connection {
         match device.start(self.shared.peer.ip(), user).await {
             Ok(pending) => {
                 self.context.metrics.login("device_started");
-                // The client waits for our answer while the user approves in the browser.
+                // The client waits for the gateway's reply while the user approves in the browser.
                 self.shared.extend_login(pending.expires_at + NOTICE_GRACE);
                 let prompt = pending.prompt.clone();
                 self.interactive = Interactive::Waiting(pending);

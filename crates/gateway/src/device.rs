@@ -2,7 +2,7 @@
 //! keyboard-interactive, and the approvals that let the keys offered during an approved login
 //! in again for a while.
 //!
-//! The client gets one prompt that holds the verification URL and the user code; the gateway
+//! The client gets one prompt that contains the verification URL and the user code. The gateway
 //! starts polling the token endpoint as soon as the code is issued and answers the client once
 //! the provider has decided. The verified token's subject must own the session.
 //!
@@ -59,7 +59,7 @@ pub struct Approval {
 }
 
 impl Approval {
-    /// Returns the name of the ConfigMap that holds this approval.
+    /// Returns the name of the ConfigMap that contains this approval.
     pub fn object_name(&self) -> String {
         let digest = Sha256::digest(self.fingerprint.as_bytes());
         let suffix: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
@@ -113,7 +113,7 @@ impl Approval {
     }
 }
 
-/// Writes approvals with server-side apply; each replica sees them through its watch cache.
+/// Writes approvals with server-side apply. Each replica reads them from its watch cache.
 pub async fn record_approvals(
     client: &Client,
     owner: &SshAccess,
@@ -175,13 +175,13 @@ impl<K: Eq + Hash + Clone> Counter<K> {
     }
 }
 
-/// Why a device login could not start. The text is for the user.
+/// Reason a device login could not start, with the message for the user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StartError {
     /// Too many codes were requested from the address or for the session.
     #[error("{0}")]
     RateLimited(String),
-    /// The identity provider did not answer or refused the request.
+    /// The identity provider was unreachable or rejected the request.
     #[error("{0}")]
     Unavailable(String),
 }
@@ -196,7 +196,7 @@ pub struct PendingLogin {
 }
 
 impl PendingLogin {
-    /// Waits for the provider's decision. `Err` holds the message for the user.
+    /// Waits for the provider's decision. `Err` contains the message for the user.
     pub async fn outcome(&mut self) -> Result<oidc::VerifiedToken, String> {
         let Some(task) = self.outcome.take() else {
             return Err("this login was already used: connect again".to_owned());
@@ -247,7 +247,7 @@ impl DeviceLogin {
         &self.config
     }
 
-    /// Counts a device-code request from `peer` for `session`, or says how long to wait.
+    /// Counts a device-code request from `peer` for `session`, or returns the wait time.
     fn admit(&self, peer: IpAddr, session: &str) -> Result<(), StartError> {
         let now = Instant::now();
         let window = self.config.code_window;
@@ -328,7 +328,7 @@ impl DeviceLogin {
     }
 }
 
-/// The text the SSH client shows: where to approve, and the code to check.
+/// Returns the prompt the SSH client shows: where to approve, and the code to check.
 pub fn prompt_text(session: &str, authorization: &oidc::DeviceAuthorization) -> String {
     let minutes = authorization.expires_in.as_secs().div_ceil(60);
     let code = &authorization.user_code;
