@@ -411,3 +411,67 @@ fn login_prompts(world: &World, tag: &str) -> usize {
         .matches("--end--")
         .count()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn terminal_shows_the_prompt_and_takes_enter() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let _realm = keycloak::shared_realm().await;
+    let world = world("dev-tty", None).await?;
+    let session = alice_session(&world, "alice-tty", 86).await?;
+    let key = client_key(&world.env, "tty-laptop");
+    let config = format!("{}.config", key.display());
+
+    // `script` gives ssh a pseudo-terminal, so OpenSSH prompts there as it does for a person.
+    let ssh = format!(
+        "ssh -F {config} -o BatchMode=no -o KbdInteractiveAuthentication=yes \
+         -o PreferredAuthentications=publickey,keyboard-interactive {}@gateway echo in-tty",
+        session.name
+    );
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &ssh, "/dev/null"])
+        .env_remove("SSH_ASKPASS")
+        .env_remove("DISPLAY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let mut screen = String::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + PROMPT_TIMEOUT;
+    while !screen.contains("Press Enter") {
+        let read = tokio::time::timeout_at(deadline, stdout.read(&mut buffer))
+            .await
+            .with_context(|| format!("no prompt on the terminal; it showed: {screen:?}"))??;
+        anyhow::ensure!(read > 0, "terminal closed before the prompt: {screen:?}");
+        screen.push_str(&String::from_utf8_lossy(&buffer[..read]));
+    }
+    assert!(
+        screen.contains(&format!("({}@127.0.0.1)", session.name)),
+        "OpenSSH names the connection above the prompt: {screen:?}"
+    );
+    let url = screen
+        .split_whitespace()
+        .find(|word| word.starts_with("http"))
+        .context("URL on the terminal")?
+        .to_owned();
+    let code = screen
+        .split("the code ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("code on the terminal")?
+        .to_owned();
+
+    // Enter before the approval: the gateway keeps waiting for the browser.
+    stdin.write_all(b"\r").await?;
+    approve(&world, &url, &code, false, Consent::Accept).await;
+    let mut rest = String::new();
+    tokio::time::timeout(LOGIN_TIMEOUT, stdout.read_to_string(&mut rest)).await??;
+    let status = child.wait().await?;
+    assert!(status.success(), "{screen}{rest}");
+    assert!(rest.contains("in-tty"), "{rest:?}");
+    Ok(())
+}
