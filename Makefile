@@ -2,8 +2,9 @@
 .PHONY: up down test build control-plane cluster-up cluster-down cluster-status deps bench
 
 ## up: start the local control plane, operator, gateway and a sample session, print an ssh command
+##     (`make up DEVICE_FLOW=1` also starts Keycloak, for login without a key)
 up:
-	scripts/up.sh
+	scripts/up.sh $(if $(DEVICE_FLOW),--device-flow)
 
 ## down: stop everything `make up` started
 down:

@@ -3,8 +3,9 @@
 # webhook), the gateway and a sample session whose pod runs the injected renku-sshd in a network
 # namespace. Prints an ssh command that opens a shell in the session.
 #
-#   scripts/up.sh        start everything and print the ssh command
-#   scripts/up.sh down   stop everything it started
+#   scripts/up.sh                start everything and print the ssh command
+#   scripts/up.sh --device-flow  also start Keycloak, so that login without a key works
+#   scripts/up.sh down           stop everything it started
 #
 # Needs root (the session pod's network namespace). State and logs live in .run/demo/.
 set -euo pipefail
@@ -40,12 +41,22 @@ stop_processes() {
   done
 }
 
-if [[ ${1:-} == down ]]; then
-  stop_processes
-  scripts/cluster.sh down
-  rm -rf "$demo"
-  exit 0
-fi
+device_flow=false
+case ${1:-} in
+  down)
+    stop_processes
+    if [[ -f $demo/keycloak-started ]]; then scripts/keycloak.sh stop; fi
+    scripts/cluster.sh down
+    rm -rf "$demo"
+    exit 0
+    ;;
+  --device-flow) device_flow=true ;;
+  "") ;;
+  *)
+    log "unknown argument ${1}: use --device-flow, down, or nothing"
+    exit 2
+    ;;
+esac
 if [[ $(id -u) != 0 ]]; then
   log "the sample session's pod runs in a network namespace, which needs root; run as root"
   exit 1
@@ -54,6 +65,22 @@ fi
 stop_processes
 mkdir -p "$demo"
 scripts/cluster.sh up
+
+gateway_device_flags=()
+if $device_flow; then
+  # The test realm of scripts/keycloak.sh: public client renku-cli with the device grant, and
+  # users alice and bob. The session's owner becomes alice's Keycloak user id.
+  if ! scripts/keycloak.sh status >/dev/null 2>&1; then
+    scripts/keycloak.sh start
+    touch "$demo/keycloak-started"
+  fi
+  set -a
+  # shellcheck disable=SC1091
+  . "$run_dir/keycloak/env"
+  set +a
+  owner=$(python3 "$root/scripts/keycloak-user-id.py" "$KEYCLOAK_USER_ALICE")
+  gateway_device_flags=(--oidc-issuer "$KEYCLOAK_ISSUER" --device-client-id "$KEYCLOAK_CLI_CLIENT_ID")
+fi
 
 log "building renku-ssh-operator, renku-ssh-gateway, renku-sshd and pod-runner"
 cargo build --locked -q -p renku-ssh-operator -p renku-ssh-gateway -p renku-sshd \
@@ -69,6 +96,8 @@ kubectl create namespace "$session_namespace" --dry-run=client -o yaml | kubectl
 # The user's key pair and the gateway's host key, made once and kept.
 [[ -f $demo/id_ed25519 ]] || ssh-keygen -q -t ed25519 -N '' -C demo-laptop -f "$demo/id_ed25519"
 [[ -f $demo/gateway_host_key ]] || ssh-keygen -q -t ed25519 -N '' -C gateway -f "$demo/gateway_host_key"
+# A second key that no Secret lists, for trying login without a registered key.
+[[ -f $demo/id_unregistered ]] || ssh-keygen -q -t ed25519 -N '' -C borrowed-laptop -f "$demo/id_unregistered"
 
 webhook_port=$(free_port)
 operator_admin=$(free_port)
@@ -89,7 +118,8 @@ echo $! >"$demo/operator.pid"
 log "starting the gateway on 127.0.0.1:$gateway_port"
 KUBECONFIG=$kubeconfig POD_NAMESPACE=$system_namespace "$bin/renku-ssh-gateway" \
   --listen "127.0.0.1:$gateway_port" --host-key "$demo/gateway_host_key" \
-  --admin-address "127.0.0.1:$gateway_admin" >"$demo/gateway.log" 2>&1 &
+  --admin-address "127.0.0.1:$gateway_admin" "${gateway_device_flags[@]}" \
+  >"$demo/gateway.log" 2>&1 &
 echo $! >"$demo/gateway.pid"
 
 wait_http() {
@@ -135,6 +165,15 @@ Host $session
   IdentityFile $demo/id_ed25519
   IdentitiesOnly yes
   UserKnownHostsFile $demo/known_hosts
+
+Host $session-nokey
+  HostName 127.0.0.1
+  Port $gateway_port
+  User $session
+  IdentityFile $demo/id_unregistered
+  IdentitiesOnly yes
+  UserKnownHostsFile $demo/known_hosts
+  PreferredAuthentications publickey,keyboard-interactive
 EOF
 
 cat <<EOF
@@ -153,3 +192,14 @@ See what the operator keeps for it:
 
 Logs are in $demo/. Stop everything with: make down
 EOF
+if $device_flow; then
+  cat <<EOF
+
+Log in with a key that no Secret lists (the device flow):
+
+  ssh -F $demo/ssh_config $session-nokey
+
+Open the URL it shows, sign in as $KEYCLOAK_USER_ALICE (password $KEYCLOAK_USER_ALICE_PASSWORD,
+a local test account), approve, and press Enter. The next ssh with that key asks nothing.
+EOF
+fi
