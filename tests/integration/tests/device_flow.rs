@@ -128,20 +128,23 @@ struct World {
 /// Starts the operator and the gateway with the device flow against `issuer` (the test realm
 /// when `None`).
 async fn world(prefix: &str, issuer: Option<&str>) -> anyhow::Result<World> {
+    world_with(prefix, issuer, &[]).await
+}
+
+/// Like [`world`], with `extra` gateway flags.
+async fn world_with(prefix: &str, issuer: Option<&str>, extra: &[&str]) -> anyhow::Result<World> {
     let keycloak = keycloak::keycloak().await;
     let admin = Admin::login(&keycloak).await;
     let alice_id = admin.user_id(&keycloak.alice.username).await;
     let issuer = issuer.unwrap_or(&keycloak.issuer).to_owned();
-    let env = Env::start(
-        prefix,
-        &[
-            "--oidc-issuer",
-            &issuer,
-            "--device-client-id",
-            &keycloak.cli_client_id,
-        ],
-    )
-    .await?;
+    let mut flags = vec![
+        "--oidc-issuer",
+        issuer.as_str(),
+        "--device-client-id",
+        keycloak.cli_client_id.as_str(),
+    ];
+    flags.extend_from_slice(extra);
+    let env = Env::start(prefix, &flags).await?;
     Ok(World {
         env,
         keycloak,
@@ -473,5 +476,28 @@ async fn terminal_shows_the_prompt_and_takes_enter() -> anyhow::Result<()> {
     let status = child.wait().await?;
     assert!(status.success(), "{screen}{rest}");
     assert!(rest.contains("in-tty"), "{rest:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn device_codes_are_rate_limited() -> anyhow::Result<()> {
+    let _realm = keycloak::shared_realm().await;
+    let world = world_with("dev-limit", None, &["--max-device-codes-per-address", "1"]).await?;
+    let session = alice_session(&world, "alice-lim", 87).await?;
+    let key = client_key(&world.env, "limit-laptop");
+
+    let first = Login::start(&world.env, &key, &session.name, "true", "limit-1");
+    first.prompt().await?;
+    let second = Login::start(&world.env, &key, &session.name, "true", "limit-2");
+    let output = second.finish().await?;
+    assert_eq!(output.status.code(), Some(255), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("too many login codes were requested from your address"),
+        "{}",
+        describe(&output)
+    );
+    assert_eq!(login_prompts(&world, "limit-2"), 0);
+    drop(first);
     Ok(())
 }
