@@ -1,23 +1,42 @@
 //! The real operator and gateway binaries started with the chart's settings: the environment
 //! of the installed Deployments and the tokens of the chart's ServiceAccounts. Both run on
-//! loopback against the local control plane. With only the chart's RBAC, the operator takes its
-//! Lease, creates the CA and webhook Secrets and fills the webhook's caBundle, and the gateway
-//! becomes ready and presents the host key the chart generated.
+//! loopback against the local control plane, so the chart's RBAC is what the API server
+//! enforces on every request they send.
+//!
+//! With only the chart's RBAC, the operator takes its Lease, creates the CA and webhook Secrets
+//! and fills the webhook's caBundle, and the gateway becomes ready and presents the host key
+//! the chart generated. An SSH-enabled session then gets its SSHAccess, Secrets, Service and
+//! NetworkPolicy from the operator, and the real `ssh` client logs in through the gateway to
+//! `renku-sshd` in a [`testkit::PodSandbox`]. With one rule removed from the chart's Roles, the
+//! login or the gateway's readiness fails and the component's log names the forbidden request.
+//!
+//! The tests need root (network namespaces), `ip`, `ssh`, `ssh-keygen` and `ssh-keyscan`.
+
+mod gateway_support;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use api::SshAccess;
+use gateway_support::{
+    create_session, describe, generate_key, public_key, require_tool, start_session_pod,
+    wait_access_ready, write_ssh_config,
+};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::Role;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use testkit::{
-    ChartInstall, TestNamespace, connect, install_project_crds, merge_values, test_values,
+    ChartInstall, TEST_FIELD_MANAGER, TestNamespace, connect, install_project_crds, merge_values,
+    test_values, wait_for,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -26,11 +45,8 @@ const STARTUP: Duration = Duration::from_secs(60);
 
 /// Builds the binaries of `packages` with cargo and returns their paths in order.
 fn build_binaries(packages: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(testkit::workspace_root())
-        .args(["build", "--message-format=json"]);
+    let mut command = testkit::cargo_command();
+    command.args(["build", "--message-format=json"]);
     for package in packages {
         command.args(["-p", package, "--bin", package]);
     }
@@ -69,13 +85,16 @@ struct Process {
 }
 
 impl Process {
+    /// Starts `binary` with exactly `env` and `kubeconfig`. Its output goes to a log file named
+    /// after `name` and `namespace`, so concurrent tests keep separate logs.
     fn spawn(
         name: &'static str,
+        namespace: &str,
         binary: &Path,
         env: &[(String, String)],
         kubeconfig: &Path,
     ) -> anyhow::Result<Self> {
-        let log = std::env::temp_dir().join(format!("renku-ssh-{name}-{}.log", std::process::id()));
+        let log = std::env::temp_dir().join(format!("renku-ssh-{namespace}-{name}.log"));
         let file = std::fs::File::create(&log)?;
         let child = Command::new(binary)
             .env_clear()
@@ -206,45 +225,283 @@ fn secret_text(secret: &Secret, key: &str) -> String {
         .unwrap_or_default()
 }
 
-#[tokio::test]
+/// Polls the output of `process` every 250 ms until one line contains every string of
+/// `needles`, and returns that line. Fails when the process exits or after [`STARTUP`].
+async fn wait_for_line(process: &mut Process, needles: &[&str]) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + STARTUP;
+    loop {
+        process.check_running()?;
+        let output = process.output();
+        let found = output
+            .lines()
+            .find(|line| needles.iter().all(|needle| line.contains(needle)));
+        if let Some(line) = found {
+            return Ok(line.to_owned());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "timed out after {STARTUP:?} waiting for a line with {needles:?} in the {} \
+                 output:\n{output}",
+                process.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The chart installed as a Helm release in a new namespace, serving sessions in a second new
+/// namespace only, so its operator and gateway never touch other tests' objects.
+struct Release {
+    client: Client,
+    namespace: TestNamespace,
+    sessions: TestNamespace,
+    install: ChartInstall,
+    /// The `renku-ssh-operator` and `renku-ssh-gateway` executables, in that order.
+    binaries: Vec<PathBuf>,
+}
+
+/// A binary of the release running on loopback.
+struct Component {
+    process: Process,
+    /// Address of the admin server (`/livez`, `/readyz`, `/metrics`).
+    admin_address: String,
+    /// Address of the webhook's HTTPS server (operator) or of the SSH server (gateway).
+    listen_address: String,
+}
+
+impl Release {
+    /// Installs the chart into namespace `<prefix>-<suffix>` with sessions in
+    /// `<prefix>-sessions-<suffix>`, and builds the binaries.
+    async fn install(prefix: &str) -> anyhow::Result<Self> {
+        let client = connect().await?;
+        install_project_crds(&client).await?;
+        let namespace = TestNamespace::create(&client, prefix).await?;
+        let sessions = TestNamespace::create(&client, &format!("{prefix}-sessions")).await?;
+        let mut values = test_values(namespace.name());
+        merge_values(
+            &mut values,
+            &json!({ "sessions": { "namespace": sessions.name() } }),
+        );
+        let install = ChartInstall::install(&client, namespace.name(), &values).await?;
+        let binaries = build_binaries(&["renku-ssh-operator", "renku-ssh-gateway"])?;
+        Ok(Self {
+            client,
+            namespace,
+            sessions,
+            install,
+            binaries,
+        })
+    }
+
+    fn ns(&self) -> &str {
+        self.namespace.name()
+    }
+
+    fn sessions_ns(&self) -> &str {
+        self.sessions.name()
+    }
+
+    /// Removes from the Role that the chart gives `component` (`operator` or `gateway`) in the
+    /// sessions namespace the one rule whose resources contain `resource`. Call it before the
+    /// binaries start, so that they never hold the permission: the API server authorizes every
+    /// request against the Role as it is at that moment.
+    async fn remove_rule(&self, component: &str, resource: &str) -> anyhow::Result<()> {
+        let name = format!("{}-{component}", self.install.fullname());
+        let roles = Api::<Role>::namespaced(self.client.clone(), self.sessions_ns());
+        let mut role = roles.get(&name).await?;
+        let rules = role.rules.take().unwrap_or_default();
+        let before = rules.len();
+        let kept: Vec<_> = rules
+            .into_iter()
+            .filter(|rule| !rule.resources.iter().flatten().any(|r| r == resource))
+            .collect();
+        if before - kept.len() != 1 {
+            bail!(
+                "Role {name} has {} rules for {resource}, expected exactly one: update this test \
+                 to match the chart",
+                before - kept.len()
+            );
+        }
+        role.rules = Some(kept);
+        role.metadata.managed_fields = None;
+        roles.replace(&name, &PostParams::default(), &role).await?;
+        Ok(())
+    }
+
+    /// Starts the operator with its Deployment's environment, as pod `operator-0`.
+    async fn start_operator(&self) -> anyhow::Result<Component> {
+        let admin_address = free_address()?;
+        let listen_address = free_address()?;
+        let deployments: Api<Deployment> = self.namespace.api();
+        let deployment = deployments
+            .get(&format!("{}-operator", self.install.fullname()))
+            .await?;
+        let env = container_env(
+            &deployment,
+            "operator-0",
+            self.ns(),
+            &[
+                ("RENKU_SSH_ADMIN_ADDRESS", &admin_address),
+                ("RENKU_SSH_WEBHOOK_ADDRESS", &listen_address),
+            ],
+        )?;
+        let process = Process::spawn(
+            "operator",
+            self.ns(),
+            &self.binaries[0],
+            &env,
+            self.install.operator_kubeconfig(),
+        )?;
+        Ok(Component {
+            process,
+            admin_address,
+            listen_address,
+        })
+    }
+
+    /// Starts the gateway with its Deployment's environment, as pod `gateway-0`.
+    async fn start_gateway(&self) -> anyhow::Result<Component> {
+        let admin_address = free_address()?;
+        let listen_address = free_address()?;
+        let deployments: Api<Deployment> = self.namespace.api();
+        let deployment = deployments
+            .get(&format!("{}-gateway", self.install.fullname()))
+            .await?;
+        let env = container_env(
+            &deployment,
+            "gateway-0",
+            self.ns(),
+            &[
+                ("RENKU_SSH_GATEWAY_ADMIN_ADDRESS", &admin_address),
+                ("RENKU_SSH_GATEWAY_LISTEN", &listen_address),
+            ],
+        )?;
+        let process = Process::spawn(
+            "gateway",
+            self.ns(),
+            &self.binaries[1],
+            &env,
+            self.install.gateway_kubeconfig(),
+        )?;
+        Ok(Component {
+            process,
+            admin_address,
+            listen_address,
+        })
+    }
+
+    /// Returns the public key line of the host key the chart generated for the gateway.
+    async fn gateway_host_key(&self) -> anyhow::Result<String> {
+        let secret = Api::<Secret>::namespaced(self.client.clone(), self.ns())
+            .get(&format!("{}-gateway-host-key", self.install.fullname()))
+            .await?;
+        Ok(secret_text(&secret, "ssh_host_ed25519_key.pub")
+            .trim()
+            .to_owned())
+    }
+
+    /// Creates session `name` owned by `user` with SSH enabled by annotation, as the chart's
+    /// default policy `annotated` expects, waits for the SSHAccess the operator makes for it,
+    /// and adds `public_key` to that SSHAccess's `spec.authorizedKeys`.
+    async fn create_ssh_session(
+        &self,
+        name: &str,
+        user: &str,
+        public_key: &str,
+    ) -> anyhow::Result<()> {
+        let namespace = self.sessions_ns();
+        create_session(&self.client, namespace, name, user, true).await?;
+        let accesses = Api::<SshAccess>::namespaced(self.client.clone(), namespace);
+        let access = wait_for(&accesses, name, STARTUP, |_| true)
+            .await
+            .context("waiting for the operator to create the session's SSHAccess")?;
+        assert_eq!(
+            access.labels().get("app.kubernetes.io/managed-by"),
+            Some(&"renku-ssh-operator".to_owned()),
+            "SSHAccess {name} was not made by the operator: {:?}",
+            access.labels()
+        );
+        // The key goes in under the test's own field manager. The operator's applies do not
+        // contain authorizedKeys, so they leave it in place.
+        let keys = json!({
+            "apiVersion": "ssh.renku.io/v1alpha1",
+            "kind": "SSHAccess",
+            "metadata": { "name": name },
+            "spec": { "authorizedKeys": [public_key] },
+        });
+        accesses
+            .patch(
+                name,
+                &PatchParams::apply(TEST_FIELD_MANAGER),
+                &Patch::Apply(&keys),
+            )
+            .await
+            .with_context(|| format!("adding a key to SSHAccess {name}"))?;
+        Ok(())
+    }
+
+    async fn uninstall(self) -> anyhow::Result<()> {
+        self.install.uninstall().await?;
+        self.sessions.delete_and_wait().await?;
+        self.namespace.delete_and_wait().await
+    }
+}
+
+/// Runs `command` as session `session` through the gateway with the real `ssh` client, with the
+/// key `key`, trusting only the gateway host key line `gateway_host_key`.
+async fn ssh_through_gateway(
+    gateway: &Component,
+    gateway_host_key: &str,
+    key: &Path,
+    session: &str,
+    command: &str,
+) -> anyhow::Result<Output> {
+    let port: u16 = gateway
+        .listen_address
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .context("gateway address without port")?;
+    let folder = key.parent().context("key path without folder")?;
+    let known_hosts = folder.join("known_hosts");
+    std::fs::write(
+        &known_hosts,
+        format!("[127.0.0.1]:{port} {gateway_host_key}\n"),
+    )?;
+    let config = write_ssh_config(key, port, &known_hosts);
+    let output = tokio::process::Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args(["-l", session, "gateway", command])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("running ssh")?;
+    Ok(output)
+}
+
+fn ready_condition(access: &SshAccess) -> Option<String> {
+    access.status.as_ref().and_then(|status| {
+        status
+            .conditions
+            .iter()
+            .find(|condition| condition.type_ == "Ready")
+            .map(|condition| format!("{}: {}", condition.status, condition.message))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn binaries_start_with_chart_settings() -> anyhow::Result<()> {
-    let client = connect().await?;
-    install_project_crds(&client).await?;
-    let namespace = TestNamespace::create(&client, "helm-run").await?;
-    let sessions = TestNamespace::create(&client, "helm-run-sessions").await?;
-    let ns = namespace.name();
-    // The operator watches only the sessions namespace, so it cannot touch other tests' objects.
-    let mut values = test_values(ns);
-    merge_values(
-        &mut values,
-        &json!({ "sessions": { "namespace": sessions.name() } }),
-    );
-    let install = ChartInstall::install(&client, ns, &values).await?;
-    let fullname = install.fullname();
-    let binaries = build_binaries(&["renku-ssh-operator", "renku-ssh-gateway"])?;
+    require_tool("ssh");
+    require_tool("ssh-keyscan");
+    let release = Release::install("helm-run").await?;
+    let client = release.client.clone();
+    let ns = release.ns();
+    let fullname = release.install.fullname();
 
-    let deployments: Api<Deployment> = namespace.api();
-    let operator_admin = free_address()?;
-    let webhook_address = free_address()?;
-    let operator_env = container_env(
-        &deployments.get(&format!("{fullname}-operator")).await?,
-        "operator-0",
-        ns,
-        &[
-            ("RENKU_SSH_ADMIN_ADDRESS", &operator_admin),
-            ("RENKU_SSH_WEBHOOK_ADDRESS", &webhook_address),
-        ],
-    )?;
-    let mut operator = Process::spawn(
-        "operator",
-        &binaries[0],
-        &operator_env,
-        install.operator_kubeconfig(),
-    )?;
-
+    let mut operator = release.start_operator().await?;
     let lease_name = format!("{fullname}-operator");
-    let leases: Api<Lease> = namespace.api();
-    wait_until(&mut operator, "the leader Lease", || async {
+    let leases: Api<Lease> = release.namespace.api();
+    wait_until(&mut operator.process, "the leader Lease", || async {
         let lease = leases.get_opt(&lease_name).await?;
         Ok(lease
             .and_then(|lease| lease.spec)
@@ -254,19 +511,21 @@ async fn binaries_start_with_chart_settings() -> anyhow::Result<()> {
     })
     .await?;
     let ca_name = format!("{fullname}-gateway-ca");
-    wait_until(&mut operator, "the CA Secret", || {
+    wait_until(&mut operator.process, "the CA Secret", || {
         secret_exists(&client, ns, &ca_name)
     })
     .await?;
     let tls_name = format!("{fullname}-webhook-tls");
-    wait_until(&mut operator, "the webhook certificate Secret", || {
-        secret_exists(&client, ns, &tls_name)
-    })
+    wait_until(
+        &mut operator.process,
+        "the webhook certificate Secret",
+        || secret_exists(&client, ns, &tls_name),
+    )
     .await?;
     let configurations = Api::<MutatingWebhookConfiguration>::all(client.clone());
     let configuration_name = format!("{fullname}-webhook");
     wait_until(
-        &mut operator,
+        &mut operator.process,
         "caBundle in the MutatingWebhookConfiguration",
         || async {
             let configuration = configurations.get(&configuration_name).await?;
@@ -278,43 +537,27 @@ async fn binaries_start_with_chart_settings() -> anyhow::Result<()> {
         },
     )
     .await?;
-    wait_until(&mut operator, "operator /readyz", || async {
+    let operator_admin = operator.admin_address.clone();
+    wait_until(&mut operator.process, "operator /readyz", || async {
         Ok(http_status(&operator_admin, "/readyz").await == Some(200))
     })
     .await?;
 
-    let gateway_admin = free_address()?;
-    let gateway_listen = free_address()?;
-    let gateway_env = container_env(
-        &deployments.get(&format!("{fullname}-gateway")).await?,
-        "gateway-0",
-        ns,
-        &[
-            ("RENKU_SSH_GATEWAY_ADMIN_ADDRESS", &gateway_admin),
-            ("RENKU_SSH_GATEWAY_LISTEN", &gateway_listen),
-        ],
-    )?;
-    let mut gateway = Process::spawn(
-        "gateway",
-        &binaries[1],
-        &gateway_env,
-        install.gateway_kubeconfig(),
-    )?;
-    wait_until(&mut gateway, "gateway /readyz", || async {
+    let mut gateway = release.start_gateway().await?;
+    let gateway_admin = gateway.admin_address.clone();
+    wait_until(&mut gateway.process, "gateway /readyz", || async {
         Ok(http_status(&gateway_admin, "/readyz").await == Some(200))
     })
     .await?;
 
     // The gateway presents the host key the chart generated.
-    let host_key = Api::<Secret>::namespaced(client.clone(), ns)
-        .get(&format!("{fullname}-gateway-host-key"))
-        .await?;
-    let expected = secret_text(&host_key, "ssh_host_ed25519_key.pub");
-    let expected_key = expected
+    let host_key = release.gateway_host_key().await?;
+    let expected_key = host_key
         .split_whitespace()
         .nth(1)
         .context("public key line without key")?;
-    let (host, port) = gateway_listen
+    let (host, port) = gateway
+        .listen_address
         .rsplit_once(':')
         .context("address without port")?;
     let scan = Command::new("ssh-keyscan")
@@ -327,12 +570,222 @@ async fn binaries_start_with_chart_settings() -> anyhow::Result<()> {
             .any(|line| line.split_whitespace().nth(2) == Some(expected_key)),
         "ssh-keyscan output {scanned:?} lacks the chart's host key {expected_key}"
     );
-    operator.check_running()?;
-    gateway.check_running()?;
 
+    // A session with SSH enabled: the operator makes its SSHAccess and children, and the
+    // user logs in through the gateway to renku-sshd in the session's pod.
+    let folder = tempfile::Builder::new().prefix("rssh-helm-").tempdir()?;
+    let key = generate_key(folder.path(), "user");
+    let session = "login-s1";
+    let sessions = release.sessions_ns();
+    release
+        .create_ssh_session(session, "alice-sub", &public_key(&key))
+        .await?;
+    let sandbox = start_session_pod(&client, sessions, session, 71).await?;
+    let access = wait_access_ready(&client, sessions, session).await;
+    operator.process.check_running()?;
+    let access =
+        access.with_context(|| format!("operator output:\n{}", operator.process.output()))?;
+    let accepted = access
+        .status
+        .as_ref()
+        .map(|status| status.accepted_keys.len())
+        .unwrap_or_default();
+    assert_eq!(accepted, 1, "status: {:?}", access.status);
+    let service_name = format!("{session}-ssh");
+    let services = Api::<Service>::namespaced(client.clone(), sessions);
+    assert!(
+        services.get_opt(&service_name).await?.is_some(),
+        "the operator made no Service {service_name}"
+    );
+    let policies = Api::<NetworkPolicy>::namespaced(client.clone(), sessions);
+    assert!(
+        policies.get_opt(&service_name).await?.is_some(),
+        "the operator made no NetworkPolicy {service_name}"
+    );
+
+    let result = ssh_through_gateway(
+        &gateway,
+        &host_key,
+        &key,
+        session,
+        "echo hello-$((6*7)); echo to-stderr >&2; exit 3",
+    )
+    .await?;
+    let context = || {
+        format!(
+            "{}\ngateway output:\n{}\nrenku-sshd log:\n{}",
+            describe(&result),
+            gateway.process.output(),
+            sandbox.log("renku-sshd")
+        )
+    };
+    assert_eq!(result.status.code(), Some(3), "{}", context());
+    assert_eq!(
+        String::from_utf8_lossy(&result.stdout),
+        "hello-42\n",
+        "{}",
+        context()
+    );
+    assert!(
+        String::from_utf8_lossy(&result.stderr).contains("to-stderr"),
+        "{}",
+        context()
+    );
+    // No request of either binary was denied on the way, Events included.
+    for component in [&operator, &gateway] {
+        let output = component.process.output();
+        let denied: Vec<&str> = output
+            .lines()
+            .filter(|line| line.contains("forbidden"))
+            .collect();
+        assert!(
+            denied.is_empty(),
+            "the API server denied requests of the {}:\n{}",
+            component.process.name,
+            denied.join("\n")
+        );
+    }
+    operator.process.check_running()?;
+    gateway.process.check_running()?;
+
+    drop(sandbox);
     drop(gateway);
     drop(operator);
-    install.uninstall().await?;
-    sessions.delete_and_wait().await?;
-    namespace.delete_and_wait().await
+    release.uninstall().await
+}
+
+/// The failure that a missing rule causes.
+#[derive(Clone, Copy, Debug)]
+enum Failure {
+    /// The session's SSHAccess never becomes Ready, and the gateway rejects the login.
+    LoginRejected,
+    /// The gateway's caches never sync, so `/readyz` stays unready.
+    GatewayNotReady,
+}
+
+/// A rule removed from the Role that the chart gives a component in the sessions namespace.
+struct MissingRule {
+    /// `operator` or `gateway`.
+    component: &'static str,
+    /// The resource of the removed rule, as RBAC names it.
+    resource: &'static str,
+    failure: Failure,
+    /// Whether the operator still writes the session's Secrets, so that the session's pod can
+    /// run and the login fails for the missing rule alone.
+    session_pod: bool,
+}
+
+const MISSING_RULES: [MissingRule; 3] = [
+    MissingRule {
+        component: "operator",
+        resource: "sshaccesses/status",
+        failure: Failure::LoginRejected,
+        session_pod: true,
+    },
+    MissingRule {
+        component: "operator",
+        resource: "networkpolicies",
+        failure: Failure::LoginRejected,
+        // The operator applies the Secrets, the Service and the NetworkPolicy concurrently and
+        // stops at the first error, so the Secrets may be missing.
+        session_pod: false,
+    },
+    MissingRule {
+        component: "gateway",
+        resource: "pods",
+        failure: Failure::GatewayNotReady,
+        session_pod: false,
+    },
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn missing_rbac_rules_break_login() -> anyhow::Result<()> {
+    require_tool("ssh");
+    for (index, missing) in MISSING_RULES.iter().enumerate() {
+        let case = format!("{} without {}", missing.component, missing.resource);
+        println!("case: {case}");
+        let subnet = 72 + u8::try_from(index)?;
+        check_missing_rule(missing, subnet)
+            .await
+            .with_context(|| format!("case {case}"))?;
+    }
+    Ok(())
+}
+
+/// Installs the chart, removes `missing` from it, starts both binaries and checks that
+/// `missing.failure` happens and that the component's output names the forbidden resource.
+async fn check_missing_rule(missing: &MissingRule, subnet: u8) -> anyhow::Result<()> {
+    let release = Release::install("helm-rbac").await?;
+    release
+        .remove_rule(missing.component, missing.resource)
+        .await?;
+    let mut operator = release.start_operator().await?;
+    let mut gateway = release.start_gateway().await?;
+    let resource = missing.resource;
+    // The API server's message, `... cannot <verb> resource "<resource>" ...`, is part of the
+    // logged error.
+    match missing.failure {
+        Failure::GatewayNotReady => {
+            let needles = ["watch failed", "forbidden", resource];
+            let line = wait_for_line(&mut gateway.process, &needles).await?;
+            let status = http_status(&gateway.admin_address, "/readyz").await;
+            assert_ne!(
+                status,
+                Some(200),
+                "the gateway is ready without {resource}; it logged:\n{line}"
+            );
+        }
+        Failure::LoginRejected => {
+            let gateway_admin = gateway.admin_address.clone();
+            wait_until(&mut gateway.process, "gateway /readyz", || async {
+                Ok(http_status(&gateway_admin, "/readyz").await == Some(200))
+            })
+            .await?;
+            let folder = tempfile::Builder::new().prefix("rssh-helm-").tempdir()?;
+            let key = generate_key(folder.path(), "user");
+            let session = "rbac-s1";
+            release
+                .create_ssh_session(session, "bob-sub", &public_key(&key))
+                .await?;
+            let needles = ["SSHAccess reconcile failed", "forbidden", resource];
+            let line = wait_for_line(&mut operator.process, &needles).await?;
+            let accesses =
+                Api::<SshAccess>::namespaced(release.client.clone(), release.sessions_ns());
+            let access = accesses.get(session).await?;
+            let ready = ready_condition(&access);
+            assert!(
+                !ready
+                    .as_deref()
+                    .is_some_and(|ready| ready.starts_with("True")),
+                "SSHAccess is Ready without {resource}: {ready:?}; the operator logged:\n{line}"
+            );
+
+            let host_key = release.gateway_host_key().await?;
+            let sandbox = if missing.session_pod {
+                let sessions = release.sessions_ns();
+                Some(start_session_pod(&release.client, sessions, session, subnet).await?)
+            } else {
+                None
+            };
+            let result =
+                ssh_through_gateway(&gateway, &host_key, &key, session, "echo logged-in").await?;
+            assert_eq!(result.status.code(), Some(255), "{}", describe(&result));
+            assert!(
+                String::from_utf8_lossy(&result.stderr).contains("Permission denied"),
+                "{}",
+                describe(&result)
+            );
+            assert!(
+                !String::from_utf8_lossy(&result.stdout).contains("logged-in"),
+                "{}",
+                describe(&result)
+            );
+            drop(sandbox);
+        }
+    }
+    operator.process.check_running()?;
+    gateway.process.check_running()?;
+    drop(gateway);
+    drop(operator);
+    release.uninstall().await
 }

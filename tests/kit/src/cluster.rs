@@ -51,3 +51,33 @@ pub async fn connect() -> anyhow::Result<Client> {
     })?;
     Ok(client)
 }
+
+/// Returns a `cargo` command (`$CARGO`, else `cargo`) that runs in the workspace root without
+/// the variables cargo sets for the running test, such as `CARGO_MANIFEST_DIR`.
+///
+/// ring 0.17's build script declares `cargo:rerun-if-env-changed=CARGO_MANIFEST_DIR`. A nested
+/// build that inherited the test's value would therefore rebuild ring and every crate above it,
+/// and the next `cargo test` would rebuild them once more.
+pub fn cargo_command() -> std::process::Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    command.current_dir(workspace_root());
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let set_for_test = matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+        ) || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_");
+        if set_for_test {
+            command.env_remove(name);
+        }
+    }
+    command
+}

@@ -17,7 +17,7 @@ pub use chart::{
     client_from_kubeconfig, helm, merge_values, objects_of_kind, parse_documents, render_chart,
     test_values,
 };
-pub use cluster::{connect, kubeconfig_path, workspace_root};
+pub use cluster::{cargo_command, connect, kubeconfig_path, workspace_root};
 pub use crds::{apply_crd, install_project_crds};
 pub use namespace::TestNamespace;
 pub use pods::{mark_pod_running, set_pod_status};

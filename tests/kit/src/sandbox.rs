@@ -310,9 +310,7 @@ fn build_sshd() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("RENKU_SSHD_BIN") {
         return Ok(PathBuf::from(path));
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
-        .current_dir(crate::workspace_root())
+    let output = crate::cargo_command()
         .args([
             "build",
             "-p",

@@ -1,6 +1,7 @@
 //! Set-up shared by the gateway tests: per test a namespace, the operator and the gateway
 //! running in-process, sessions whose pod is a [`PodSandbox`] running the real `renku-sshd`
-//! from the Secrets the operator wrote, and the real OpenSSH client.
+//! from the Secrets the operator wrote, and the real OpenSSH client. `helm_binaries.rs` uses
+//! the session and client helpers with the operator and gateway binaries instead.
 
 #![allow(dead_code)]
 
@@ -28,6 +29,8 @@ use tokio::sync::oneshot;
 pub const CONVERGE: Duration = Duration::from_secs(30);
 /// Owner label of an AmaltheaSession.
 const OWNER_LABEL: &str = "renku.io/safe-username";
+/// Annotation that enables SSH for a session under the `annotated` SSH policy.
+const ENABLED_ANNOTATION: &str = "ssh.renku.io/enabled";
 
 /// Fails the test with an installation hint when an OpenSSH tool is missing.
 pub fn require_tool(name: &str) {
@@ -229,18 +232,11 @@ impl Env {
     /// Writes an OpenSSH client configuration for `key` and returns its path. Host `gateway`
     /// is the gateway; every other host is checked against the test's known_hosts file.
     pub fn ssh_config(&self, key: &Path) -> PathBuf {
-        let path = PathBuf::from(format!("{}.config", key.display()));
-        let text = format!(
-            "Host gateway\n  HostName 127.0.0.1\n  Port {port}\n\nHost *\n  UserKnownHostsFile {known}\n  \
-             GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  IdentitiesOnly yes\n  \
-             IdentityFile {key}\n  IdentityAgent none\n  BatchMode yes\n  ConnectTimeout 10\n  \
-             ServerAliveInterval 5\n",
-            port = self.gateway.address.port(),
-            known = self.dir.path().join("known_hosts").display(),
-            key = key.display(),
-        );
-        std::fs::write(&path, text).expect("write ssh config");
-        path
+        write_ssh_config(
+            key,
+            self.gateway.address.port(),
+            &self.dir.path().join("known_hosts"),
+        )
     }
 
     /// Returns `ssh -F <config for key>`.
@@ -274,44 +270,10 @@ impl Env {
     ) -> anyhow::Result<TestSession> {
         let namespace = self.ns();
         put_key_secret(&self.client, namespace, &format!("{name}-user-keys"), keys).await?;
-        create_session(&self.client, namespace, name, user).await?;
+        create_session(&self.client, namespace, name, user, false).await?;
         create_access(&self.client, namespace, name, user).await?;
-
-        let secrets = Api::<Secret>::namespaced(self.client.clone(), namespace);
-        wait_for(&secrets, &format!("{name}-ssh-keys"), CONVERGE, |_| true).await?;
-        wait_for(&secrets, &format!("{name}-ssh-hostkey"), CONVERGE, |_| true).await?;
-        let mut sandbox = PodSandbox::create(subnet)?;
-        let keys_dir = sandbox
-            .mount_secret(&self.client, namespace, &format!("{name}-ssh-keys"), "keys")
-            .await?;
-        let host_dir = sandbox
-            .mount_secret(
-                &self.client,
-                namespace,
-                &format!("{name}-ssh-hostkey"),
-                "hostkey",
-            )
-            .await?;
-        sandbox
-            .start_sshd(
-                &host_dir.join("ssh_host_ed25519_key"),
-                &keys_dir.join("authorized_keys"),
-                &keys_dir.join("trusted_user_ca_keys"),
-                name,
-            )
-            .await?;
-
-        let pods = Api::<Pod>::namespaced(self.client.clone(), namespace);
-        let pod_name = format!("{name}-0");
-        wait_for(&pods, &pod_name, CONVERGE, |_| true).await?;
-        testkit::mark_pod_running(&pods, &pod_name, &sandbox.pod_ip().to_string()).await?;
-
-        let accesses = Api::<SshAccess>::namespaced(self.client.clone(), namespace);
-        let access = wait_for(&accesses, name, CONVERGE, |access| {
-            condition_true(access, "Ready")
-        })
-        .await
-        .context("waiting for the SSHAccess to become Ready")?;
+        let sandbox = start_session_pod(&self.client, namespace, name, subnet).await?;
+        let access = wait_access_ready(&self.client, namespace, name).await?;
         let known_hosts_line = access
             .status
             .as_ref()
@@ -408,6 +370,71 @@ fn condition_true(access: &SshAccess, kind: &str) -> bool {
     })
 }
 
+/// Writes an OpenSSH client configuration for `key` next to it and returns its path. Host
+/// `gateway` is 127.0.0.1:`gateway_port`, and every host key is checked against `known_hosts`.
+pub fn write_ssh_config(key: &Path, gateway_port: u16, known_hosts: &Path) -> PathBuf {
+    let path = PathBuf::from(format!("{}.config", key.display()));
+    let text = format!(
+        "Host gateway\n  HostName 127.0.0.1\n  Port {gateway_port}\n\nHost *\n  UserKnownHostsFile {known}\n  \
+         GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  IdentitiesOnly yes\n  \
+         IdentityFile {key}\n  IdentityAgent none\n  BatchMode yes\n  ConnectTimeout 10\n  \
+         ServerAliveInterval 5\n",
+        known = known_hosts.display(),
+        key = key.display(),
+    );
+    std::fs::write(&path, text).expect("write ssh config");
+    path
+}
+
+/// Runs the pod `<name>-0` of session `name` in place of kubelet. It waits for the session's key
+/// and host key Secrets, mounts them into a [`PodSandbox`] on subnet `subnet`, starts
+/// `renku-sshd` there and marks the pod Running at the sandbox's address.
+pub async fn start_session_pod(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    subnet: u8,
+) -> anyhow::Result<PodSandbox> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    wait_for(&secrets, &format!("{name}-ssh-keys"), CONVERGE, |_| true).await?;
+    wait_for(&secrets, &format!("{name}-ssh-hostkey"), CONVERGE, |_| true).await?;
+    let mut sandbox = PodSandbox::create(subnet)?;
+    let keys_dir = sandbox
+        .mount_secret(client, namespace, &format!("{name}-ssh-keys"), "keys")
+        .await?;
+    let host_dir = sandbox
+        .mount_secret(client, namespace, &format!("{name}-ssh-hostkey"), "hostkey")
+        .await?;
+    sandbox
+        .start_sshd(
+            &host_dir.join("ssh_host_ed25519_key"),
+            &keys_dir.join("authorized_keys"),
+            &keys_dir.join("trusted_user_ca_keys"),
+            name,
+        )
+        .await?;
+
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+    let pod_name = format!("{name}-0");
+    wait_for(&pods, &pod_name, CONVERGE, |_| true).await?;
+    testkit::mark_pod_running(&pods, &pod_name, &sandbox.pod_ip().to_string()).await?;
+    Ok(sandbox)
+}
+
+/// Waits until SSHAccess `name` has the condition Ready=True and returns it.
+pub async fn wait_access_ready(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<SshAccess> {
+    let accesses = Api::<SshAccess>::namespaced(client.clone(), namespace);
+    wait_for(&accesses, name, CONVERGE, |access| {
+        condition_true(access, "Ready")
+    })
+    .await
+    .context("waiting for the SSHAccess to become Ready")
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -442,16 +469,28 @@ pub async fn put_key_secret(
 
 /// Creates an AmaltheaSession owned by `user` and, as amalthea would, its StatefulSet with the
 /// session container and the `renku-ssh` sidecar. The StatefulSet controller creates the pod.
-async fn create_session(
+/// With `ssh_enabled`, the session carries the annotation that the `annotated` SSH policy
+/// selects.
+pub async fn create_session(
     client: &Client,
     namespace: &str,
     name: &str,
     user: &str,
+    ssh_enabled: bool,
 ) -> anyhow::Result<()> {
+    let annotations = if ssh_enabled {
+        json!({ ENABLED_ANNOTATION: "true" })
+    } else {
+        json!({})
+    };
     let session: AmaltheaSession = serde_json::from_value(json!({
         "apiVersion": "amalthea.dev/v1alpha1",
         "kind": "AmaltheaSession",
-        "metadata": { "name": name, "labels": { OWNER_LABEL: user } },
+        "metadata": {
+            "name": name,
+            "labels": { OWNER_LABEL: user },
+            "annotations": annotations,
+        },
         "spec": { "hibernated": false, "session": { "image": "renku/renkulab-py:3.12", "port": 8888 } },
     }))?;
     let session = Api::<AmaltheaSession>::namespaced(client.clone(), namespace)
