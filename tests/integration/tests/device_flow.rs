@@ -3,120 +3,38 @@
 //! the prompt through `SSH_ASKPASS`, and a browser stand-in signs in to Keycloak and approves
 //! or denies the code.
 
+mod device_support;
 mod gateway_support;
-#[path = "../../../crates/oidc/tests/common/mod.rs"]
-mod keycloak;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use device_support::keycloak::admin::Admin;
+use device_support::keycloak::browser::Consent;
+use device_support::keycloak::relay::Relay;
+use device_support::{LOGIN_TIMEOUT, PROMPT_TIMEOUT, approve_device_login, keycloak};
 use gateway_support::{Env, TestSession, describe, fingerprint, public_key};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::ListParams;
 use tokio::process::Command;
 
-use keycloak::admin::Admin;
-use keycloak::browser::{Browser, Consent};
-use keycloak::relay::Relay;
-
-/// Time allowed for the prompt to reach the askpass program.
-const PROMPT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time allowed for a whole ssh run, approval included.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Writes an askpass program that appends each prompt to `log` and answers with an empty line.
-fn write_askpass(dir: &Path) -> (PathBuf, PathBuf) {
-    let script = dir.join("askpass.sh");
-    let log = dir.join("askpass.log");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nprintf '%s\\n--end--\\n' \"$1\" >> '{}'\necho\n",
-            log.display()
-        ),
+/// Starts a device-flow-capable ssh run in the test directory of `env`.
+fn start_login(
+    env: &Env,
+    key: &Path,
+    session: &str,
+    command: &str,
+    tag: &str,
+) -> device_support::Login {
+    device_support::Login::start(
+        &env.dir.path().join(tag),
+        &PathBuf::from(format!("{}.config", key.display())),
+        &format!("{session}@gateway"),
+        command,
     )
-    .expect("write askpass");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    (script, log)
-}
-
-/// One ssh run that may use keyboard-interactive, with its prompts in a log file.
-struct Login {
-    child: tokio::process::Child,
-    log: PathBuf,
-}
-
-impl Login {
-    /// Starts `ssh <session>@gateway <command>` with the client configuration of the key
-    /// `key`, allowing keyboard-interactive.
-    fn start(env: &Env, key: &Path, session: &str, command: &str, tag: &str) -> Login {
-        let dir = env.dir.path().join(tag);
-        std::fs::create_dir_all(&dir).expect("login dir");
-        let (askpass, log) = write_askpass(&dir);
-        // Parallel logins share the key, so each reads a copy of its configuration.
-        let config = dir.join("ssh_config");
-        std::fs::copy(format!("{}.config", key.display()), &config).expect("copy ssh config");
-        let child = Command::new("ssh")
-            .arg("-F")
-            .arg(&config)
-            .args([
-                "-o",
-                "BatchMode=no",
-                "-o",
-                "PreferredAuthentications=publickey,keyboard-interactive",
-                "-o",
-                "KbdInteractiveAuthentication=yes",
-            ])
-            .arg(format!("{session}@gateway"))
-            .arg(command)
-            .env("SSH_ASKPASS", &askpass)
-            .env("SSH_ASKPASS_REQUIRE", "force")
-            .env_remove("DISPLAY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start ssh");
-        Login { child, log }
-    }
-
-    /// Waits for the first prompt and returns the verification URL and the user code in it.
-    async fn prompt(&self) -> anyhow::Result<(String, String, String)> {
-        let deadline = tokio::time::Instant::now() + PROMPT_TIMEOUT;
-        loop {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(prompt) = text.split("--end--").next().filter(|p| !p.is_empty()) {
-                let url = prompt
-                    .split_whitespace()
-                    .find(|word| word.starts_with("http"))
-                    .context("prompt without URL")?
-                    .to_owned();
-                let code = prompt
-                    .split("the code ")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .context("prompt without code")?
-                    .to_owned();
-                return Ok((prompt.to_owned(), url, code));
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("no prompt reached the askpass program within {PROMPT_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn finish(self) -> anyhow::Result<std::process::Output> {
-        tokio::time::timeout(LOGIN_TIMEOUT, self.child.wait_with_output())
-            .await
-            .context("ssh did not finish")?
-            .context("ssh output")
-    }
 }
 
 struct World {
@@ -177,11 +95,7 @@ async fn approve(world: &World, url: &str, code: &str, as_bob: bool, consent: Co
     } else {
         &world.keycloak.alice
     };
-    // The browser stand-in types the code into the plain verification page.
-    let page = url.split('?').next().unwrap_or(url);
-    Browser::new()
-        .complete_device_login(page, code, &user.username, &user.password, consent)
-        .await;
+    approve_device_login(url, code, user, consent).await;
 }
 
 async fn approvals(world: &World) -> anyhow::Result<Vec<ConfigMap>> {
@@ -199,7 +113,7 @@ async fn owner_approves_and_the_key_is_trusted_until_hibernation() -> anyhow::Re
     let session = alice_session(&world, "alice-dev", 81).await?;
     let laptop = client_key(&world.env, "laptop");
 
-    let login = Login::start(
+    let login = start_login(
         &world.env,
         &laptop,
         &session.name,
@@ -251,9 +165,9 @@ async fn owner_approves_and_the_key_is_trusted_until_hibernation() -> anyhow::Re
     }
 
     // An IDE's burst of parallel connections with the same key asks nothing.
-    let burst: Vec<Login> = (0..4)
+    let burst: Vec<device_support::Login> = (0..4)
         .map(|index| {
-            Login::start(
+            start_login(
                 &world.env,
                 &laptop,
                 &session.name,
@@ -271,7 +185,7 @@ async fn owner_approves_and_the_key_is_trusted_until_hibernation() -> anyhow::Re
     // Hibernation ends the trust: the same key gets the device flow again.
     world.env.hibernate(&session.name, true).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let login = Login::start(&world.env, &laptop, &session.name, "true", "hibernated");
+    let login = start_login(&world.env, &laptop, &session.name, "true", "hibernated");
     let (prompt, _, _) = login.prompt().await?;
     assert!(prompt.contains("open this page"), "{prompt}");
     drop(login);
@@ -285,7 +199,7 @@ async fn another_account_approving_gets_no_access() -> anyhow::Result<()> {
     let session = alice_session(&world, "alice-oth", 82).await?;
     let key = client_key(&world.env, "bob-laptop");
 
-    let login = Login::start(&world.env, &key, &session.name, "true", "bob");
+    let login = start_login(&world.env, &key, &session.name, "true", "bob");
     let (_, url, code) = login.prompt().await?;
     approve(&world, &url, &code, true, Consent::Accept).await;
     let output = login.finish().await?;
@@ -312,7 +226,7 @@ async fn denied_login_says_so() -> anyhow::Result<()> {
     let session = alice_session(&world, "alice-deny", 83).await?;
     let key = client_key(&world.env, "deny-laptop");
 
-    let login = Login::start(&world.env, &key, &session.name, "true", "deny");
+    let login = start_login(&world.env, &key, &session.name, "true", "deny");
     let (_, url, code) = login.prompt().await?;
     approve(&world, &url, &code, false, Consent::Deny).await;
     let output = login.finish().await?;
@@ -337,7 +251,7 @@ async fn expired_code_says_so() -> anyhow::Result<()> {
         .set_client_attribute(&client_id, "oauth2.device.code.lifespan", "12")
         .await;
 
-    let login = Login::start(&world.env, &key, &session.name, "true", "expire");
+    let login = start_login(&world.env, &key, &session.name, "true", "expire");
     let result = async {
         let (prompt, _, _) = login.prompt().await?;
         anyhow::ensure!(prompt.contains("expires in 1 min"), "{prompt}");
@@ -377,7 +291,7 @@ async fn provider_down_is_reported_and_keys_still_work() -> anyhow::Result<()> {
     let laptop = client_key(&world.env, "down-laptop");
 
     // The provider goes away while the user is approving.
-    let login = Login::start(&world.env, &laptop, &session.name, "true", "mid-flow");
+    let login = start_login(&world.env, &laptop, &session.name, "true", "mid-flow");
     login.prompt().await?;
     relay.shutdown();
     let output = login.finish().await?;
@@ -389,7 +303,7 @@ async fn provider_down_is_reported_and_keys_still_work() -> anyhow::Result<()> {
     );
 
     // With the provider down from the start, the user is told at once.
-    let login = Login::start(&world.env, &laptop, &session.name, "true", "down");
+    let login = start_login(&world.env, &laptop, &session.name, "true", "down");
     let output = login.finish().await?;
     assert_eq!(output.status.code(), Some(255), "{}", describe(&output));
     assert!(
@@ -409,10 +323,7 @@ async fn provider_down_is_reported_and_keys_still_work() -> anyhow::Result<()> {
 }
 
 fn login_prompts(world: &World, tag: &str) -> usize {
-    std::fs::read_to_string(world.env.dir.path().join(tag).join("askpass.log"))
-        .unwrap_or_default()
-        .matches("--end--")
-        .count()
+    device_support::prompts_in(&world.env.dir.path().join(tag))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -486,9 +397,9 @@ async fn device_codes_are_rate_limited() -> anyhow::Result<()> {
     let session = alice_session(&world, "alice-lim", 87).await?;
     let key = client_key(&world.env, "limit-laptop");
 
-    let first = Login::start(&world.env, &key, &session.name, "true", "limit-1");
+    let first = start_login(&world.env, &key, &session.name, "true", "limit-1");
     first.prompt().await?;
-    let second = Login::start(&world.env, &key, &session.name, "true", "limit-2");
+    let second = start_login(&world.env, &key, &session.name, "true", "limit-2");
     let output = second.finish().await?;
     assert_eq!(output.status.code(), Some(255), "{}", describe(&output));
     assert!(

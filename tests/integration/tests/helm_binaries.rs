@@ -7,11 +7,15 @@
 //! and fills the webhook's caBundle, and the gateway becomes ready and presents the host key
 //! the chart generated. An SSH-enabled session then gets its SSHAccess, Secrets, Service and
 //! NetworkPolicy from the operator, and the real `ssh` client logs in through the gateway to
-//! `renku-sshd` in a [`testkit::PodSandbox`]. With one rule removed from the chart's Roles, the
-//! login or the gateway's readiness fails and the component's log names the forbidden request.
+//! `renku-sshd` in a [`testkit::PodSandbox`], with a key and then through the device flow (the
+//! gateway records the approval as a ConfigMap). With one rule removed from the chart's Roles,
+//! the login or the gateway's readiness fails and the component's log names the forbidden
+//! request.
 //!
-//! The tests need root (network namespaces), `ip`, `ssh`, `ssh-keygen` and `ssh-keyscan`.
+//! The tests need root (network namespaces), `ip`, `ssh`, `ssh-keygen` and `ssh-keyscan`, and
+//! the main test needs the local Keycloak (`scripts/keycloak.sh start`).
 
+mod device_support;
 mod gateway_support;
 
 use std::net::TcpListener;
@@ -21,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use api::SshAccess;
+use device_support::keycloak::browser::Consent;
 use gateway_support::{
     create_session, describe, generate_key, public_key, require_tool, start_session_pod,
     wait_access_ready, write_ssh_config,
@@ -28,10 +33,10 @@ use gateway_support::{
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::Role;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use testkit::{
@@ -271,8 +276,9 @@ struct Component {
 
 impl Release {
     /// Installs the chart into namespace `<prefix>-<suffix>` with sessions in
-    /// `<prefix>-sessions-<suffix>`, and builds the binaries.
-    async fn install(prefix: &str) -> anyhow::Result<Self> {
+    /// `<prefix>-sessions-<suffix>` and the device flow against `issuer`, and builds the
+    /// binaries.
+    async fn install(prefix: &str, issuer: &str) -> anyhow::Result<Self> {
         let client = connect().await?;
         install_project_crds(&client).await?;
         let namespace = TestNamespace::create(&client, prefix).await?;
@@ -280,7 +286,10 @@ impl Release {
         let mut values = test_values(namespace.name());
         merge_values(
             &mut values,
-            &json!({ "sessions": { "namespace": sessions.name() } }),
+            &json!({
+                "sessions": { "namespace": sessions.name() },
+                "identityProvider": { "issuer": issuer },
+            }),
         );
         let install = ChartInstall::install(&client, namespace.name(), &values).await?;
         let binaries = build_binaries(&["renku-ssh-operator", "renku-ssh-gateway"])?;
@@ -447,6 +456,15 @@ impl Release {
     }
 }
 
+/// Returns the port of the gateway's SSH address.
+fn gateway_port(gateway: &Component) -> anyhow::Result<u16> {
+    gateway
+        .listen_address
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .context("gateway address without port")
+}
+
 /// Runs `command` as session `session` through the gateway with the real `ssh` client, with the
 /// key `key`, trusting only the gateway host key line `gateway_host_key`.
 async fn ssh_through_gateway(
@@ -456,11 +474,7 @@ async fn ssh_through_gateway(
     session: &str,
     command: &str,
 ) -> anyhow::Result<Output> {
-    let port: u16 = gateway
-        .listen_address
-        .rsplit_once(':')
-        .and_then(|(_, port)| port.parse().ok())
-        .context("gateway address without port")?;
+    let port = gateway_port(gateway)?;
     let folder = key.parent().context("key path without folder")?;
     let known_hosts = folder.join("known_hosts");
     std::fs::write(
@@ -493,7 +507,12 @@ fn ready_condition(access: &SshAccess) -> Option<String> {
 async fn binaries_start_with_chart_settings() -> anyhow::Result<()> {
     require_tool("ssh");
     require_tool("ssh-keyscan");
-    let release = Release::install("helm-run").await?;
+    let keycloak = device_support::keycloak::keycloak().await;
+    let alice_id = device_support::keycloak::admin::Admin::login(&keycloak)
+        .await
+        .user_id(&keycloak.alice.username)
+        .await;
+    let release = Release::install("helm-run", &keycloak.issuer).await?;
     let client = release.client.clone();
     let ns = release.ns();
     let fullname = release.install.fullname();
@@ -578,7 +597,7 @@ async fn binaries_start_with_chart_settings() -> anyhow::Result<()> {
     let session = "login-s1";
     let sessions = release.sessions_ns();
     release
-        .create_ssh_session(session, "alice-sub", &public_key(&key))
+        .create_ssh_session(session, &alice_id, &public_key(&key))
         .await?;
     let sandbox = start_session_pod(&client, sessions, session, 71).await?;
     let access = wait_access_ready(&client, sessions, session).await;
@@ -631,6 +650,37 @@ async fn binaries_start_with_chart_settings() -> anyhow::Result<()> {
         "{}",
         context()
     );
+    // Login without a key: Alice approves the device flow, and the gateway records the
+    // approval of the offered key as a ConfigMap with the chart's permissions.
+    let borrowed = generate_key(folder.path(), "borrowed");
+    let config = write_ssh_config(
+        &borrowed,
+        gateway_port(&gateway)?,
+        &folder.path().join("known_hosts"),
+    );
+    let login = device_support::Login::start(
+        &folder.path().join("device-login"),
+        &config,
+        &format!("{session}@gateway"),
+        "echo device-login",
+    );
+    let (_, url, code) = login.prompt().await?;
+    device_support::approve_device_login(&url, &code, &keycloak.alice, Consent::Accept).await;
+    let output = login.finish().await?;
+    assert!(
+        output.status.success(),
+        "{}
+gateway output:
+{}",
+        describe(&output),
+        gateway.process.output()
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("device-login"));
+    let approvals = Api::<ConfigMap>::namespaced(client.clone(), sessions)
+        .list(&ListParams::default().labels(gateway::device::APPROVAL_SELECTOR))
+        .await?;
+    assert_eq!(approvals.items.len(), 1, "{:?}", approvals.items);
+
     // No request of either binary was denied on the way, Events included.
     for component in [&operator, &gateway] {
         let output = component.process.output();
@@ -675,7 +725,7 @@ struct MissingRule {
     session_pod: bool,
 }
 
-const MISSING_RULES: [MissingRule; 3] = [
+const MISSING_RULES: [MissingRule; 4] = [
     MissingRule {
         component: "operator",
         resource: "sshaccesses/status",
@@ -693,6 +743,12 @@ const MISSING_RULES: [MissingRule; 3] = [
     MissingRule {
         component: "gateway",
         resource: "pods",
+        failure: Failure::GatewayNotReady,
+        session_pod: false,
+    },
+    MissingRule {
+        component: "gateway",
+        resource: "configmaps",
         failure: Failure::GatewayNotReady,
         session_pod: false,
     },
@@ -715,7 +771,9 @@ async fn missing_rbac_rules_break_login() -> anyhow::Result<()> {
 /// Installs the chart, removes `missing` from it, starts both binaries and checks that
 /// `missing.failure` happens and that the component's output names the forbidden resource.
 async fn check_missing_rule(missing: &MissingRule, subnet: u8) -> anyhow::Result<()> {
-    let release = Release::install("helm-rbac").await?;
+    // The gateway contacts the issuer only when a device login starts, which these cases do
+    // not; the address only turns the device flow and its RBAC rule on.
+    let release = Release::install("helm-rbac", "http://127.0.0.1:9/realms/unused").await?;
     release
         .remove_rule(missing.component, missing.resource)
         .await?;
