@@ -116,8 +116,9 @@ pub struct SshAccessSpec {
     pub user: String,
 
     /// OpenSSH public keys, one `authorized_keys` line per entry, for example
-    /// `ssh-ed25519 AAAAC3Nz... laptop`. The operator validates each line, drops any options
-    /// before the key type and lists every line it rejects in `status.rejectedKeys`.
+    /// `ssh-ed25519 AAAAC3Nz... laptop`. The operator validates each line and lists every line it
+    /// rejects in `status.rejectedKeys`, with the reason: a line with options before the key type
+    /// (`command=`, `from=`) is rejected, so that no line can restrict or redirect the login.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_INLINE_KEYS), inner(length(min = 1, max = MAX_KEY_LINE_CHARS)))]
     #[x_kube(validation = Rule::new(

@@ -104,6 +104,11 @@ fn check_access(
     fingerprint: &str,
     now: Timestamp,
 ) -> Result<Grant, Denial> {
+    // Expiry comes first: the operator empties acceptedKeys of an expired SSHAccess, and the
+    // message that closes live connections must name the expiry, not the key.
+    if access.metadata.deletion_timestamp.is_some() || is_expired(access, now) {
+        return Err(Denial::Expired);
+    }
     let accepted = access.status.as_ref().is_some_and(|status| {
         status
             .accepted_keys
@@ -213,8 +218,9 @@ pub fn authorize_user(
 }
 
 /// Decides whether the key `fingerprint` may log in to `session` because a device login
-/// approved it: the approval has not expired, the session still runs the pod it was approved
-/// for and is not hibernated, and its subject still passes [`authorize_user`].
+/// approved it: the approval has not expired, the session still runs the pod and has the
+/// generation it was approved with and is not hibernated, and its subject still passes
+/// [`authorize_user`]. The caller's lookup returns only approvals with a valid signature.
 pub fn authorize_approved_key(
     lookup: &impl Lookup,
     session: &str,
@@ -230,10 +236,12 @@ pub fn authorize_approved_key(
         let current_pod = lookup
             .pod(&approval.namespace, &pod_name)
             .and_then(|pod| pod.metadata.uid.clone());
-        let hibernated = lookup
-            .session(&approval.namespace, session)
-            .is_none_or(|object| object.spec.hibernated);
-        if hibernated || current_pod.as_deref() != Some(approval.pod_uid.as_str()) {
+        let session_object = lookup.session(&approval.namespace, session);
+        let unchanged = session_object.is_some_and(|object| {
+            !object.spec.hibernated
+                && object.metadata.generation == Some(approval.session_generation)
+        });
+        if !unchanged || current_pod.as_deref() != Some(approval.pod_uid.as_str()) {
             continue;
         }
         match authorize_user(lookup, session, &approval.user, fingerprint, now) {
@@ -315,6 +323,7 @@ pub(crate) mod tests {
             name: Some(name.to_owned()),
             namespace: Some(namespace.to_owned()),
             labels: Some(BTreeMap::from([(OWNER_LABEL.to_owned(), owner.to_owned())])),
+            generation: Some(1),
             ..ObjectMeta::default()
         };
         object
@@ -465,7 +474,9 @@ pub(crate) mod tests {
             fingerprint: fingerprint.to_owned(),
             user: user.to_owned(),
             pod_uid: pod_uid.to_owned(),
+            session_generation: 1,
             expires_at: expires.parse().expect("time"),
+            signature: String::new(),
         }
     }
 
@@ -547,6 +558,15 @@ pub(crate) mod tests {
         assert!(authorize_approved_key(&restarted, "s1", "SHA256:k", now()).is_ok());
         let mut hibernated = session("ns", "s1", "alice");
         hibernated.spec.hibernated = true;
+        restarted.sessions.insert(
+            ("ns".to_owned(), "s1".to_owned()),
+            Arc::new(hibernated.clone()),
+        );
+        assert!(authorize_approved_key(&restarted, "s1", "SHA256:k", now()).is_err());
+
+        // Resuming with the same pod changes the session's generation, which ends it too.
+        hibernated.spec.hibernated = false;
+        hibernated.metadata.generation = Some(3);
         restarted
             .sessions
             .insert(("ns".to_owned(), "s1".to_owned()), Arc::new(hibernated));

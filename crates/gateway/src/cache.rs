@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
+use russh::keys::PublicKey;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -29,15 +30,16 @@ pub struct Caches {
     accesses: Store<SshAccess>,
     sessions: Store<AmaltheaSession>,
     pods: Store<Pod>,
-    approvals: Option<Store<ConfigMap>>,
+    approvals: Option<(Store<ConfigMap>, PublicKey)>,
     changes: watch::Receiver<u64>,
 }
 
 impl Caches {
     /// Starts the watches for `namespace` (all namespaces when `None`) on the current runtime.
     /// The stores fill in the background; see [`Caches::wait_until_ready`].
-    /// Approvals are watched only when `device_flow` is on.
-    pub fn start(client: Client, namespace: Option<&str>, device_flow: bool) -> Self {
+    /// Approvals are watched only with `approval_key`, the public key that must have signed
+    /// them (the gateway's host key).
+    pub fn start(client: Client, namespace: Option<&str>, approval_key: Option<PublicKey>) -> Self {
         let (changed, changes) = watch::channel(0u64);
         let accesses = spawn_reflector::<SshAccess>(
             api(&client, namespace),
@@ -61,15 +63,16 @@ impl Caches {
                 object.spec.extra_volumes = None;
             },
         );
-        let approvals = device_flow.then(|| {
-            spawn_reflector::<ConfigMap>(
+        let approvals = approval_key.map(|key| {
+            let store = spawn_reflector::<ConfigMap>(
                 api(&client, namespace),
                 watcher::Config::default().labels(APPROVAL_SELECTOR),
                 changed.clone(),
                 |object| {
                     object.metadata.managed_fields = None;
                 },
-            )
+            );
+            (store, key)
         });
         let pods = spawn_reflector::<Pod>(
             api(&client, namespace),
@@ -98,7 +101,7 @@ impl Caches {
     pub async fn wait_until_ready(&self) {
         let approvals = async {
             match &self.approvals {
-                Some(store) => store.wait_until_ready().await.is_ok(),
+                Some((store, _)) => store.wait_until_ready().await.is_ok(),
                 None => true,
             }
         };
@@ -148,7 +151,7 @@ impl Lookup for Caches {
     }
 
     fn approvals_for_session(&self, session: &str) -> Vec<Approval> {
-        let Some(store) = &self.approvals else {
+        let Some((store, key)) = &self.approvals else {
             return Vec::new();
         };
         store
@@ -162,6 +165,17 @@ impl Lookup for Caches {
             })
             .iter()
             .filter_map(|object| Approval::from_object(object))
+            .filter(|approval| {
+                let valid = approval.verify(key);
+                if !valid {
+                    tracing::debug!(
+                        session,
+                        fingerprint = approval.fingerprint,
+                        "ignoring an approval without a valid gateway signature"
+                    );
+                }
+                valid
+            })
             .collect()
     }
 }

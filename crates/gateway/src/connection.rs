@@ -318,6 +318,8 @@ pub struct Connection {
     /// device login trusts afterwards.
     offered: Vec<String>,
     interactive: Interactive,
+    /// Set once a failing login hit the failed-login limit.
+    blocked: bool,
 }
 
 impl Connection {
@@ -330,6 +332,7 @@ impl Connection {
             channels: Arc::default(),
             offered: Vec::new(),
             interactive: Interactive::Idle,
+            blocked: false,
         }
     }
 
@@ -345,9 +348,30 @@ impl Connection {
         self.shared
             .rejected_attempts
             .fetch_add(1, Ordering::Relaxed);
+        let methods = if self.blocked {
+            MethodSet::empty()
+        } else {
+            self.methods()
+        };
         Auth::Reject {
-            proceed_with_methods: Some(self.methods()),
+            proceed_with_methods: Some(methods),
             partial_success: false,
+        }
+    }
+
+    /// Returns whether failing logins as `user` from this client are blocked by the
+    /// failed-login limit; once they are, the connection offers no further methods.
+    fn blocked(&mut self, user: &str) -> bool {
+        match self.context.limits.check_login(self.shared.peer.ip(), user) {
+            Ok(()) => false,
+            Err(refusal) => {
+                if !self.blocked {
+                    info!(parent: &self.shared.span, user, ?refusal, "login rejected: failed-login limit");
+                    self.context.metrics.login("rate_limited");
+                }
+                self.blocked = true;
+                true
+            }
         }
     }
 
@@ -368,11 +392,15 @@ impl Connection {
         let Some(device) = self.context.device.clone() else {
             return self.reject();
         };
-        if let Err(refusal) = self.context.limits.check_login(self.shared.peer.ip(), user) {
-            debug!(user, ?refusal, "device login rejected: failed-login limit");
+        // Only the address counts here: strangers failing on purpose against the session
+        // name must not stop its owner from logging in without a key.
+        if let Err(refusal) = self.context.limits.check_address(self.shared.peer.ip()) {
+            info!(user, ?refusal, "device login rejected: failed-login limit");
             self.context.metrics.login("rate_limited");
             return self.notice(
-                "too many failed logins: wait a few minutes, then connect again".to_owned(),
+                "too many failed logins from your address: wait a few minutes, then connect \
+                 again"
+                    .to_owned(),
             );
         }
         match device.start(self.shared.peer.ip(), user).await {
@@ -381,10 +409,11 @@ impl Connection {
                 // The client waits for the gateway's reply while the user approves in the browser.
                 self.shared.extend_login(pending.expires_at + NOTICE_GRACE);
                 let prompt = pending.prompt.clone();
+                let summary = pending.summary.clone();
                 self.interactive = Interactive::Waiting(pending);
                 Auth::Partial {
                     name: INTERACTIVE_NAME.into(),
-                    instructions: "".into(),
+                    instructions: summary.into(),
                     prompts: vec![(prompt.into(), true)].into(),
                 }
             }
@@ -460,8 +489,17 @@ impl Connection {
             debug!("session has no pod; no key approved");
             return;
         };
+        let Some(session_generation) = self
+            .context
+            .caches
+            .session(&grant.namespace, &grant.session)
+            .and_then(|session| session.metadata.generation)
+        else {
+            debug!("session has no generation; no key approved");
+            return;
+        };
         let expires_at = device.approval_end(token.expires_at);
-        let approvals: Vec<Approval> = self
+        let mut approvals: Vec<Approval> = self
             .offered
             .iter()
             .map(|fingerprint| Approval {
@@ -470,13 +508,22 @@ impl Connection {
                 fingerprint: fingerprint.clone(),
                 user: token.subject.clone(),
                 pod_uid: pod_uid.clone(),
+                session_generation,
                 expires_at,
+                signature: String::new(),
             })
             .collect();
         if approvals.is_empty() {
             return;
         }
-        match record_approvals(&self.context.client, &grant.access_object, &approvals).await {
+        let recorded = record_approvals(
+            &self.context.client,
+            device.signing_key(),
+            &grant.access_object,
+            &mut approvals,
+        )
+        .await;
+        match recorded {
             Ok(()) => info!(keys = approvals.len(), %expires_at, "approved the offered keys"),
             Err(error) => {
                 warn!(%error, "cannot record the approved keys; the next login asks again")
@@ -486,13 +533,8 @@ impl Connection {
 
     /// Checks rate limits and the login policy for `user` with the key `fingerprint`: a key
     /// the SSHAccess lists, or one that a device login approved.
-    fn check(&self, user: &str, fingerprint: &str) -> Option<(Grant, Proof)> {
+    fn check(&mut self, user: &str, fingerprint: &str) -> Option<(Grant, Proof)> {
         lock(&self.shared.audit).ssh_user = Some(user.to_owned());
-        if let Err(refusal) = self.context.limits.check_login(self.shared.peer.ip(), user) {
-            debug!(user, ?refusal, "login refused: failed-login limit");
-            self.context.metrics.login("rate_limited");
-            return None;
-        }
         let now = Timestamp::now();
         let approved = || {
             authorize_approved_key(&self.context.caches, user, fingerprint, now).map(|grant| {
@@ -513,6 +555,7 @@ impl Connection {
             });
         match result {
             Ok(granted) => Some(granted),
+            Err(_) if self.blocked(user) => None,
             Err(denial) => {
                 debug!(
                     user,

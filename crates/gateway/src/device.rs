@@ -7,8 +7,10 @@
 //! the provider has decided. The verified token's subject must own the session.
 //!
 //! An approval is kept in the cluster, as a labelled ConfigMap in the session's namespace
-//! owned by the SSHAccess, so that every gateway replica lets the approved keys in. It names
-//! the session pod's UID, which ends it when the session stops or hibernates.
+//! owned by the SSHAccess, so that every gateway replica lets the approved keys in. It is
+//! signed with the gateway's host key, which every replica shares, so a ConfigMap that anyone
+//! else writes is ignored. It names the session pod's UID and the session's generation, which
+//! end it when the session stops, hibernates or resumes.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hash;
@@ -21,6 +23,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
+use russh::keys::{HashAlg, PrivateKey, PublicKey};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -37,6 +40,8 @@ pub const SESSION_LABEL: &str = "ssh.renku.io/session";
 pub const FIELD_MANAGER: &str = "renku-ssh-gateway";
 /// Keys offered in one connection that an approval trusts at most.
 pub const MAX_APPROVED_KEYS: usize = 8;
+/// SSHSIG namespace of approval signatures, so that no other signature of the host key counts.
+const SIGNATURE_NAMESPACE: &str = "approval@ssh.renku.io";
 
 /// Number of tracked addresses or sessions above which idle counters are swept.
 const SWEEP_THRESHOLD: usize = 10_000;
@@ -54,8 +59,14 @@ pub struct Approval {
     pub user: String,
     /// UID of the session pod at approval; the approval ends with that pod.
     pub pod_uid: String,
+    /// `metadata.generation` of the AmaltheaSession at approval; hibernating or resuming the
+    /// session changes it, and that ends the approval.
+    pub session_generation: i64,
     /// End of the trust.
     pub expires_at: Timestamp,
+    /// SSHSIG signature (PEM) by the gateway's host key over the fields above; empty until
+    /// [`Approval::sign`].
+    pub signature: String,
 }
 
 impl Approval {
@@ -64,6 +75,37 @@ impl Approval {
         let digest = Sha256::digest(self.fingerprint.as_bytes());
         let suffix: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
         format!("{}-ssh-approval-{suffix}", self.session)
+    }
+
+    /// Returns the bytes the signature covers: every field, one per line.
+    fn signed_bytes(&self) -> Vec<u8> {
+        format!(
+            "renku-ssh device approval v1\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n",
+            self.namespace,
+            self.session,
+            self.fingerprint,
+            self.user,
+            self.pod_uid,
+            self.session_generation,
+            self.expires_at
+        )
+        .into_bytes()
+    }
+
+    /// Signs the approval with the gateway's host key.
+    pub fn sign(&mut self, key: &PrivateKey) -> Result<(), russh::keys::ssh_key::Error> {
+        let signature = key.sign(SIGNATURE_NAMESPACE, HashAlg::Sha512, &self.signed_bytes())?;
+        self.signature = signature.to_pem(russh::keys::ssh_key::LineEnding::LF)?;
+        Ok(())
+    }
+
+    /// Returns whether the signature is valid for `key` and covers the current fields.
+    pub fn verify(&self, key: &PublicKey) -> bool {
+        let Ok(signature) = russh::keys::ssh_key::SshSig::from_pem(&self.signature) else {
+            return false;
+        };
+        key.verify(SIGNATURE_NAMESPACE, &self.signed_bytes(), &signature)
+            .is_ok()
     }
 
     /// Builds the ConfigMap for this approval, owned by the SSHAccess `owner`.
@@ -92,7 +134,12 @@ impl Approval {
                 ("fingerprint".to_owned(), self.fingerprint.clone()),
                 ("user".to_owned(), self.user.clone()),
                 ("podUID".to_owned(), self.pod_uid.clone()),
+                (
+                    "sessionGeneration".to_owned(),
+                    self.session_generation.to_string(),
+                ),
                 ("expiresAt".to_owned(), self.expires_at.to_string()),
+                ("signature".to_owned(), self.signature.clone()),
             ])),
             ..ConfigMap::default()
         }
@@ -108,19 +155,35 @@ impl Approval {
             fingerprint: field("fingerprint")?,
             user: field("user")?,
             pod_uid: field("podUID")?,
+            session_generation: field("sessionGeneration")?.parse().ok()?,
             expires_at: field("expiresAt")?.parse().ok()?,
+            signature: field("signature")?,
         })
     }
 }
 
-/// Writes approvals with server-side apply. Each replica reads them from its watch cache.
+/// A failed write of approvals.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The host key could not sign.
+    #[error("cannot sign the approval: {0}")]
+    Sign(#[from] russh::keys::ssh_key::Error),
+    /// The API server rejected the write.
+    #[error("cannot write the approval: {0}")]
+    Kubernetes(#[from] kube::Error),
+}
+
+/// Signs approvals with `key` and writes them with server-side apply. Each replica reads them
+/// from its watch cache.
 pub async fn record_approvals(
     client: &Client,
+    key: &PrivateKey,
     owner: &SshAccess,
-    approvals: &[Approval],
-) -> Result<(), kube::Error> {
+    approvals: &mut [Approval],
+) -> Result<(), RecordError> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    for approval in approvals {
+    for approval in approvals.iter_mut() {
+        approval.sign(key)?;
         let api = Api::<ConfigMap>::namespaced(client.clone(), &approval.namespace);
         api.patch(
             &approval.object_name(),
@@ -190,6 +253,8 @@ pub enum StartError {
 pub struct PendingLogin {
     /// The prompt text with the URL and the user code.
     pub prompt: String,
+    /// One line with the URL and the code, which OpenSSH prints even when it cannot prompt.
+    pub summary: String,
     /// When the codes expire.
     pub expires_at: Instant,
     outcome: Option<JoinHandle<Result<oidc::VerifiedToken, String>>>,
@@ -218,6 +283,7 @@ impl Drop for PendingLogin {
 
 /// Device-flow logins of this gateway.
 pub struct DeviceLogin {
+    signing_key: PrivateKey,
     flow: oidc::DeviceFlow,
     verifier: Arc<oidc::TokenVerifier>,
     config: DeviceFlowConfig,
@@ -226,14 +292,16 @@ pub struct DeviceLogin {
 }
 
 impl DeviceLogin {
-    /// Creates the device login for `config`. Nothing is requested from the provider until
-    /// the first login, so key logins work while it is down.
-    pub fn new(config: DeviceFlowConfig) -> Result<Self, oidc::Error> {
+    /// Creates the device login for `config`; approvals are signed with `signing_key`, the
+    /// gateway's host key. Nothing is requested from the provider until the first login, so
+    /// key logins work while it is down.
+    pub fn new(config: DeviceFlowConfig, signing_key: PrivateKey) -> Result<Self, oidc::Error> {
         let provider = Arc::new(oidc::Provider::new(&config.issuer)?);
         let flow = oidc::DeviceFlow::new(Arc::clone(&provider), config.client_id.clone())
             .with_scope(config.scope.clone());
         let verifier = Arc::new(oidc::TokenVerifier::new(provider, config.client_id.clone()));
         Ok(Self {
+            signing_key,
             flow,
             verifier,
             addresses: Mutex::new(Counter::new(config.max_codes_per_address)),
@@ -245,6 +313,11 @@ impl DeviceLogin {
     /// Returns the settings.
     pub fn config(&self) -> &DeviceFlowConfig {
         &self.config
+    }
+
+    /// Returns the key that signs approvals.
+    pub fn signing_key(&self) -> &PrivateKey {
+        &self.signing_key
     }
 
     /// Counts a device-code request from `peer` for `session`, or returns the wait time.
@@ -294,6 +367,7 @@ impl DeviceLogin {
             "device login started"
         );
         let prompt = prompt_text(session, &authorization);
+        let summary = summary_text(session, &authorization);
         let expires_at = authorization.expires_at().into_std();
         let flow = self.flow.clone();
         let verifier = Arc::clone(&self.verifier);
@@ -315,6 +389,7 @@ impl DeviceLogin {
         });
         Ok(PendingLogin {
             prompt,
+            summary,
             expires_at,
             outcome: Some(outcome),
         })
@@ -344,6 +419,20 @@ pub fn prompt_text(session: &str, authorization: &oidc::DeviceAuthorization) -> 
          {url}\n\n{} and approve. The code expires in {minutes} min.\n\
          Press Enter here (before or after approving) to wait for the approval: ",
         capitalize(&action)
+    )
+}
+
+/// Returns one line with the page and the code. OpenSSH prints it to stderr before the prompt,
+/// so that a client without a terminal (and without `SSH_ASKPASS`) still shows where to
+/// approve; the login then goes on once it is approved.
+pub fn summary_text(session: &str, authorization: &oidc::DeviceAuthorization) -> String {
+    let url = authorization
+        .verification_uri_complete
+        .as_ref()
+        .unwrap_or(&authorization.verification_uri);
+    format!(
+        "Login without a key to session {session}: {url} (code {})\n",
+        authorization.user_code
     )
 }
 
@@ -421,7 +510,9 @@ mod tests {
             fingerprint: "SHA256:abc/def+ghi".to_owned(),
             user: "user-alice".to_owned(),
             pod_uid: "pod-uid".to_owned(),
+            session_generation: 3,
             expires_at: "2030-01-01T00:00:00Z".parse().expect("time"),
+            signature: "unsigned".to_owned(),
         };
         let access = SshAccess::new(
             "alice-1",
@@ -448,15 +539,18 @@ mod tests {
 
     #[test]
     fn codes_are_limited_per_address_and_session() {
-        let login = DeviceLogin::new(DeviceFlowConfig {
-            issuer: "http://127.0.0.1:1/realms/test".to_owned(),
-            client_id: "cli".to_owned(),
-            scope: "openid".to_owned(),
-            approval_ttl: Duration::from_secs(3600),
-            max_codes_per_address: 2,
-            max_codes_per_session: 3,
-            code_window: Duration::from_secs(600),
-        })
+        let login = DeviceLogin::new(
+            DeviceFlowConfig {
+                issuer: "http://127.0.0.1:1/realms/test".to_owned(),
+                client_id: "cli".to_owned(),
+                scope: "openid".to_owned(),
+                approval_ttl: Duration::from_secs(3600),
+                max_codes_per_address: 2,
+                max_codes_per_session: 3,
+                code_window: Duration::from_secs(600),
+            },
+            crate::certificate::generate_ed25519(),
+        )
         .expect("device login");
         let one: IpAddr = "192.0.2.1".parse().expect("address");
         let two: IpAddr = "192.0.2.2".parse().expect("address");
@@ -480,5 +574,32 @@ mod tests {
             "{refused}"
         );
         assert!(login.admit(two, "s3").is_ok());
+    }
+
+    #[test]
+    fn signature_covers_every_field() {
+        let key = crate::certificate::generate_ed25519();
+        let other = crate::certificate::generate_ed25519();
+        let mut approval = Approval {
+            namespace: "ns".to_owned(),
+            session: "alice-1".to_owned(),
+            fingerprint: "SHA256:abc".to_owned(),
+            user: "user-alice".to_owned(),
+            pod_uid: "pod-uid".to_owned(),
+            session_generation: 3,
+            expires_at: "2030-01-01T00:00:00Z".parse().expect("time"),
+            signature: String::new(),
+        };
+        assert!(!approval.verify(key.public_key()), "unsigned");
+        approval.sign(&key).expect("sign");
+        assert!(approval.verify(key.public_key()));
+        assert!(!approval.verify(other.public_key()), "another key's view");
+
+        let mut forged = approval.clone();
+        forged.fingerprint = "SHA256:attacker".to_owned();
+        assert!(!forged.verify(key.public_key()), "fingerprint changed");
+        let mut extended = approval.clone();
+        extended.expires_at = "2099-01-01T00:00:00Z".parse().expect("time");
+        assert!(!extended.verify(key.public_key()), "expiry changed");
     }
 }

@@ -136,7 +136,8 @@ impl Gateway {
                     "login without a key offered through the device flow"
                 );
                 Some(Arc::new(
-                    DeviceLogin::new(settings.clone()).map_err(Error::DeviceFlow)?,
+                    DeviceLogin::new(settings.clone(), host_key.clone())
+                        .map_err(Error::DeviceFlow)?,
                 ))
             }
             None => None,
@@ -144,7 +145,7 @@ impl Gateway {
         let caches = Caches::start(
             client.clone(),
             config.watch_namespace.as_deref(),
-            device.is_some(),
+            device.as_ref().map(|_| host_key.public_key().clone()),
         );
         let route_settings = RouteSettings {
             mode: config.upstream,

@@ -1,6 +1,11 @@
 //! Connection and login limits: MaxConnectionsPerUser and a failed-login rate limit per source
 //! address and per SSH user name, with exponential backoff.
 //!
+//! A block applies to failing logins only: a client that presents an accepted key logs in
+//! even while its address or the session name is blocked, so that strangers who fail on
+//! purpose cannot lock the owner out. A blocked client whose key fails gets no further
+//! authentication methods on that connection.
+//!
 //! NOTE: the counters live in this replica's memory, so with several replicas behind a load
 //! balancer each one enforces the limits on its own share of the connections. No connection
 //! depends on this state for anything but being refused.
@@ -49,7 +54,8 @@ impl<K: Eq + Hash + Clone> FailureTable<K> {
             .filter(|until| *until > now)
     }
 
-    fn record(&mut self, key: &K, now: Instant, limits: &Limits) {
+    /// Records a failure of `key`; returns the length of the block when one starts or grows.
+    fn record(&mut self, key: &K, now: Instant, limits: &Limits) -> Option<Duration> {
         if self.entries.len() > SWEEP_THRESHOLD {
             self.sweep(now, limits.failed_login_window);
         }
@@ -66,6 +72,7 @@ impl<K: Eq + Hash + Clone> FailureTable<K> {
         if still_blocked {
             entry.backoff = (entry.backoff * 2).min(limits.max_login_backoff);
             entry.blocked_until = Some(now + entry.backoff);
+            Some(entry.backoff)
         } else if entry.recent.len() >= self.max_failures as usize {
             entry.backoff = if entry.backoff.is_zero() {
                 limits.login_backoff
@@ -74,6 +81,9 @@ impl<K: Eq + Hash + Clone> FailureTable<K> {
             };
             entry.blocked_until = Some(now + entry.backoff);
             entry.recent.clear();
+            Some(entry.backoff)
+        } else {
+            None
         }
     }
 
@@ -133,15 +143,10 @@ impl LimitState {
         &self.limits
     }
 
-    /// Checks whether logins from `address` as `user` are currently blocked.
+    /// Checks whether failing logins from `address` as `user` are currently blocked.
     pub fn check_login(&self, address: IpAddr, user: &str) -> Result<(), Refusal> {
+        self.check_address(address)?;
         let now = Instant::now();
-        let address_block = lock(&self.addresses).blocked_until(&address, now);
-        if let Some(until) = address_block {
-            return Err(Refusal::AddressBlocked {
-                remaining: until - now,
-            });
-        }
         let user_block = lock(&self.users).blocked_until(&user.to_owned(), now);
         if let Some(until) = user_block {
             return Err(Refusal::UserBlocked {
@@ -151,12 +156,32 @@ impl LimitState {
         Ok(())
     }
 
-    /// Records a failed login from `address` as `user`.
+    /// Checks whether failing logins from `address` are currently blocked.
+    pub fn check_address(&self, address: IpAddr) -> Result<(), Refusal> {
+        let now = Instant::now();
+        let address_block = lock(&self.addresses).blocked_until(&address, now);
+        match address_block {
+            Some(until) => Err(Refusal::AddressBlocked {
+                remaining: until - now,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a failed login from `address` as `user`, and logs each block it starts.
     pub fn record_failure(&self, address: IpAddr, user: Option<&str>) {
         let now = Instant::now();
-        lock(&self.addresses).record(&address, now, &self.limits);
-        if let Some(user) = user {
-            lock(&self.users).record(&user.to_owned(), now, &self.limits);
+        if let Some(backoff) = lock(&self.addresses).record(&address, now, &self.limits) {
+            tracing::info!(%address, ?backoff, "failed-login limit reached: failing logins from this address are blocked");
+        }
+        if let Some(user) = user
+            && let Some(backoff) = lock(&self.users).record(&user.to_owned(), now, &self.limits)
+        {
+            tracing::info!(
+                user,
+                ?backoff,
+                "failed-login limit reached: failing logins for this session name are blocked"
+            );
         }
     }
 

@@ -182,6 +182,28 @@ async fn owner_approves_and_the_key_is_trusted_until_hibernation() -> anyhow::Re
         assert_eq!(login_prompts(&world, &format!("burst-{index}")), 0);
     }
 
+    // A copy of the approval for another key, written by anyone who may create ConfigMaps,
+    // does not carry a valid signature and lets nobody in.
+    let intruder = client_key(&world.env, "intruder");
+    let mut forged = recorded[0].clone();
+    forged.metadata = kube::api::ObjectMeta {
+        name: Some("forged-approval".to_owned()),
+        labels: recorded[0].metadata.labels.clone(),
+        ..Default::default()
+    };
+    forged
+        .data
+        .get_or_insert_with(Default::default)
+        .insert("fingerprint".to_owned(), fingerprint(&intruder));
+    Api::<ConfigMap>::namespaced(world.env.client.clone(), world.env.ns())
+        .create(&kube::api::PostParams::default(), &forged)
+        .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut ssh = world.env.ssh(&intruder);
+    ssh.arg(format!("{}@gateway", session.name)).arg("true");
+    let output = tokio::task::spawn_blocking(move || ssh.output()).await??;
+    assert_eq!(output.status.code(), Some(255), "{}", describe(&output));
+
     // Hibernation ends the trust: the same key gets the device flow again.
     world.env.hibernate(&session.name, true).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -189,6 +211,14 @@ async fn owner_approves_and_the_key_is_trusted_until_hibernation() -> anyhow::Re
     let (prompt, _, _) = login.prompt().await?;
     assert!(prompt.contains("open this page"), "{prompt}");
     drop(login);
+
+    // Resuming, even with the same pod, does not bring the trust back.
+    world.env.hibernate(&session.name, false).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut ssh = world.env.ssh(&laptop);
+    ssh.arg(format!("{}@gateway", session.name)).arg("true");
+    let output = tokio::task::spawn_blocking(move || ssh.output()).await??;
+    assert_eq!(output.status.code(), Some(255), "{}", describe(&output));
     Ok(())
 }
 
@@ -410,5 +440,66 @@ async fn device_codes_are_rate_limited() -> anyhow::Result<()> {
     );
     assert_eq!(login_prompts(&world, "limit-2"), 0);
     drop(first);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_terminal_the_url_goes_to_stderr() -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let _realm = keycloak::shared_realm().await;
+    let world = world("dev-notty", None).await?;
+    let session = alice_session(&world, "alice-notty", 88).await?;
+    let key = client_key(&world.env, "notty-laptop");
+
+    // `setsid` leaves ssh without a controlling terminal, and there is no askpass program:
+    // OpenSSH cannot prompt, but it prints the summary line to stderr.
+    let mut child = Command::new("setsid")
+        .arg("ssh")
+        .arg("-F")
+        .arg(format!("{}.config", key.display()))
+        .args([
+            "-o",
+            "BatchMode=no",
+            "-o",
+            "KbdInteractiveAuthentication=yes",
+            "-o",
+            "PreferredAuthentications=publickey,keyboard-interactive",
+        ])
+        .arg(format!("{}@gateway", session.name))
+        .arg("echo no-tty")
+        .env_remove("SSH_ASKPASS")
+        .env_remove("DISPLAY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stderr = BufReader::new(child.stderr.take().context("stderr")?).lines();
+    let summary = tokio::time::timeout(PROMPT_TIMEOUT, async {
+        while let Some(line) = stderr.next_line().await? {
+            if line.contains("Login without a key") {
+                return Ok(line);
+            }
+        }
+        anyhow::bail!("stderr ended without the summary line")
+    })
+    .await
+    .context("no summary line on stderr")??;
+    let url = summary
+        .split_whitespace()
+        .find(|word| word.starts_with("http"))
+        .context("URL in the summary")?
+        .to_owned();
+    let code = summary
+        .split("(code ")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .context("code in the summary")?
+        .to_owned();
+    approve(&world, &url, &code, false, Consent::Accept).await;
+    let output = tokio::time::timeout(LOGIN_TIMEOUT, child.wait_with_output()).await??;
+    assert!(output.status.success(), "{}", describe(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("no-tty"));
     Ok(())
 }
