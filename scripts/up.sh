@@ -139,17 +139,53 @@ log "creating session $session_namespace/$session, its keys Secret and the pod a
 kubectl -n "$session_namespace" create secret generic "$owner-keys" \
   --from-file=authorized_keys="$demo/id_ed25519.pub" --dry-run=client -o yaml |
   kubectl apply --server-side --field-manager=renku-ssh-up -f - >/dev/null
+# The operator may create the session's SSHAccess first (the session is annotated) with the
+# same spec.user; forcing takes shared ownership of that field instead of failing on it.
 sed -e "s/@SESSION@/$session/g" -e "s/@OWNER@/$owner/g" manifests/samples/session.yaml |
-  kubectl -n "$session_namespace" apply --server-side --field-manager=renku-ssh-up -f - >/dev/null
+  kubectl -n "$session_namespace" apply --server-side --force-conflicts \
+    --field-manager=renku-ssh-up -f - >/dev/null
 
 # No kubelet runs here: pod-runner gives the session pod a network namespace, lays out its
 # Secret volumes as kubelet does and runs the injected renku-sshd with the sidecar's arguments.
 KUBECONFIG=$kubeconfig RENKU_SSH_KUBECONFIG=$kubeconfig RENKU_SSHD_BIN="$bin/renku-sshd" \
   "$bin/pod-runner" "$session_namespace" "$session-0" >"$demo/pod-runner.log" 2>&1 &
-echo $! >"$demo/pod-runner.pid"
+pod_runner_pid=$!
+echo "$pod_runner_pid" >"$demo/pod-runner.pid"
+
+# Print the error of a pod-runner that exited: from its first `Error` line up to the next blank
+# line (at most 10 lines), or the log's tail when it has no such line.
+pod_runner_failed() {
+  log "pod-runner exited early; its error ($demo/pod-runner.log):"
+  if grep -q 'Error' "$demo/pod-runner.log"; then
+    awk '/Error/ && !found { found = 1 } found { if ($0 == "" || ++lines > 10) exit; print }' \
+      "$demo/pod-runner.log" >&2
+  else
+    tail -n 20 "$demo/pod-runner.log" >&2
+  fi
+  log "if it says 'File exists', a network namespace or veth pair from an earlier run is left:"
+  log "list them with 'ip netns list' and 'ip link show', then delete the leftover rssh-* namespace"
+  log "('ip netns delete NAME') or rssh* link ('ip link delete NAME') and run this script again"
+}
 
 log "waiting until SSHAccess $session_namespace/$session is Ready"
-if ! kubectl -n "$session_namespace" wait "sshaccess/$session" --for=condition=Ready --timeout=120s >/dev/null; then
+ready=false
+deadline=$((SECONDS + 120))
+while ((SECONDS < deadline)); do
+  if ! kill -0 "$pod_runner_pid" 2>/dev/null; then
+    pod_runner_failed
+    rm -f "$demo/pod-runner.pid"
+    exit 1
+  fi
+  status=$(kubectl -n "$session_namespace" get "sshaccess/$session" \
+    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)
+  if [[ $status == True ]]; then
+    ready=true
+    break
+  fi
+  sleep 1
+done
+if ! $ready; then
+  log "SSHAccess $session_namespace/$session is not Ready after 120 s"
   kubectl -n "$session_namespace" get sshaccess "$session" -o yaml >&2 || true
   tail -n 20 "$demo/pod-runner.log" >&2
   exit 1
@@ -200,6 +236,7 @@ Log in with a key that no Secret lists (the device flow):
   ssh -F $demo/ssh_config $session-nokey
 
 Open the URL it shows, sign in as $KEYCLOAK_USER_ALICE (password $KEYCLOAK_USER_ALICE_PASSWORD,
-a local test account), approve, and press Enter. The next ssh with that key asks nothing.
+a local test account), approve, and press Enter. For the next 5 minutes (the lifetime of the
+local Keycloak's access tokens) ssh with that key asks nothing.
 EOF
 fi

@@ -46,7 +46,8 @@ pub struct Args {
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub namespace: String,
 
-    /// Namespace whose sessions the gateway serves; all namespaces when unset.
+    /// Namespace whose sessions the gateway serves, a DNS-1123 label. All namespaces when
+    /// unset.
     #[arg(long, env = "RENKU_SSH_GATEWAY_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
 
@@ -137,7 +138,7 @@ pub struct Args {
           value_parser = parse_duration)]
     pub login_backoff: Duration,
 
-    /// Longest backoff period.
+    /// Maximum backoff period. It must be at least --login-backoff.
     #[arg(long, env = "RENKU_SSH_GATEWAY_MAX_LOGIN_BACKOFF", default_value = "15m",
           value_parser = parse_duration)]
     pub max_login_backoff: Duration,
@@ -332,8 +333,32 @@ pub enum ConfigError {
         example: &'static str,
     },
     /// Certificate validity out of range.
-    #[error("invalid --certificate-validity {0:?}: use a value from 1m to 1h")]
+    #[error(
+        "invalid --certificate-validity {}: use a value from 1m to 1h",
+        format_duration(.0)
+    )]
     CertificateValidity(Duration),
+    /// The first login backoff is longer than the maximum backoff.
+    #[error(
+        "invalid --login-backoff {}: it is longer than --max-login-backoff {}; set \
+         --login-backoff to at most {} or raise --max-login-backoff",
+        format_duration(.backoff),
+        format_duration(.max_backoff),
+        format_duration(.max_backoff)
+    )]
+    LoginBackoff {
+        /// Value of --login-backoff.
+        backoff: Duration,
+        /// Value of --max-login-backoff.
+        max_backoff: Duration,
+    },
+    /// The watched namespace is not a valid namespace name.
+    #[error(
+        "invalid --watch-namespace {0:?}: a namespace name is a DNS-1123 label of 1 to 63 \
+         lowercase letters, digits and '-' that starts and ends with a letter or digit, for \
+         example renku"
+    )]
+    WatchNamespace(String),
     /// The issuer URL is not an absolute http(s) URL.
     #[error(
         "invalid --oidc-issuer {0:?}: give the issuer's absolute URL, for example \
@@ -344,7 +369,10 @@ pub enum ConfigError {
     #[error("--device-client-id is empty: give the public client that has the device grant")]
     DeviceClientId,
     /// Approval TTL out of range.
-    #[error("invalid --device-approval-ttl {0:?}: use a value from 1m to 7d")]
+    #[error(
+        "invalid --device-approval-ttl {}: use a value from 1m to 7d",
+        format_duration(.0)
+    )]
     ApprovalTtl(Duration),
     /// The log format is unknown.
     #[error(transparent)]
@@ -370,6 +398,21 @@ impl Args {
             "--ca-secret",
             DEFAULT_CA_SECRET,
         )?;
+        let watch_namespace = match self
+            .watch_namespace
+            .filter(|namespace| !namespace.is_empty())
+        {
+            Some(namespace) if !is_dns_label(&namespace) => {
+                return Err(ConfigError::WatchNamespace(namespace));
+            }
+            namespace => namespace,
+        };
+        if self.login_backoff > self.max_login_backoff {
+            return Err(ConfigError::LoginBackoff {
+                backoff: self.login_backoff,
+                max_backoff: self.max_login_backoff,
+            });
+        }
         let minute = Duration::from_secs(60);
         if self.certificate_validity < minute || self.certificate_validity > 60 * minute {
             return Err(ConfigError::CertificateValidity(self.certificate_validity));
@@ -405,7 +448,7 @@ impl Args {
             listen: self.listen,
             host_key,
             ca_secret,
-            watch_namespace: self.watch_namespace,
+            watch_namespace,
             upstream: self.upstream,
             sidecar_port: self.sidecar_port,
             service_domain: self.service_domain,
@@ -422,7 +465,7 @@ impl Args {
                 max_failed_logins_per_user: self.max_failed_logins_per_user,
                 failed_login_window: self.failed_login_window,
                 login_backoff: self.login_backoff,
-                max_login_backoff: self.max_login_backoff.max(self.login_backoff),
+                max_login_backoff: self.max_login_backoff,
             },
             shutdown_grace: self.shutdown_grace,
             device_flow,
@@ -434,6 +477,17 @@ impl Args {
 
 fn non_zero(duration: Duration) -> Option<Duration> {
     (!duration.is_zero()).then_some(duration)
+}
+
+/// Checks that `value` is a DNS-1123 label, the syntax of namespace names.
+fn is_dns_label(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    let allowed = |byte: &u8| byte.is_ascii_lowercase() || byte.is_ascii_digit() || *byte == b'-';
+    let alphanumeric = |byte: Option<&u8>| byte.is_some_and(|byte| *byte != b'-');
+    (1..=63).contains(&bytes.len())
+        && bytes.iter().all(allowed)
+        && alphanumeric(bytes.first())
+        && alphanumeric(bytes.last())
 }
 
 fn parse_secret_name(
@@ -504,6 +558,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         total = total.checked_add(value).ok_or_else(invalid)?;
     }
     Ok(Duration::from_secs(total))
+}
+
+/// Formats a duration in the syntax [`parse_duration`] reads, with the units d, h, m and s
+/// (`0s`, `2h`, `1h30m`). Sub-second parts are dropped because that syntax has none.
+fn format_duration(duration: &Duration) -> String {
+    let mut seconds = duration.as_secs();
+    if seconds == 0 {
+        return "0s".to_owned();
+    }
+    let mut text = String::new();
+    for (unit, unit_seconds) in [('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)] {
+        let count = seconds / unit_seconds;
+        if count > 0 {
+            text.push_str(&format!("{count}{unit}"));
+            seconds %= unit_seconds;
+        }
+    }
+    text
 }
 
 #[cfg(test)]
@@ -599,6 +671,106 @@ mod tests {
         assert!(parse(&["--certificate-validity", "30s"]).is_err());
         assert!(parse(&["--certificate-validity", "2h"]).is_err());
         assert!(parse(&["--certificate-validity", "10m"]).is_ok());
+    }
+
+    #[test]
+    fn duration_errors_use_flag_syntax() {
+        let error = parse(&["--certificate-validity", "0"]).expect_err("zero validity");
+        assert_eq!(
+            error.to_string(),
+            "invalid --certificate-validity 0s: use a value from 1m to 1h"
+        );
+
+        let error = parse(&["--certificate-validity", "2h"]).expect_err("long validity");
+        assert!(
+            error.to_string().contains("--certificate-validity 2h:"),
+            "{error}"
+        );
+
+        let error = parse(&[
+            "--oidc-issuer",
+            "https://id.example.org/realms/renku",
+            "--device-approval-ttl",
+            "8d",
+        ])
+        .expect_err("long approval TTL");
+        assert!(
+            error.to_string().contains("--device-approval-ttl 8d:"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn login_backoff_above_max_is_rejected() {
+        let error = parse(&["--login-backoff", "30m", "--max-login-backoff", "15m"])
+            .expect_err("backoff above max");
+
+        assert!(
+            matches!(error, ConfigError::LoginBackoff { .. }),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(message.contains("--login-backoff 30m"), "{message}");
+        assert!(message.contains("--max-login-backoff 15m"), "{message}");
+        assert!(message.contains("at most 15m"), "{message}");
+    }
+
+    #[test]
+    fn login_backoff_equal_to_max_is_valid() {
+        let config =
+            parse(&["--login-backoff", "15m", "--max-login-backoff", "15m"]).expect("valid");
+
+        assert_eq!(config.limits.login_backoff, Duration::from_secs(900));
+        assert_eq!(config.limits.max_login_backoff, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn watch_namespace_must_be_dns_label() {
+        let too_long = "a".repeat(64);
+        for value in [
+            "Bad_NS",
+            "-renku",
+            "renku-",
+            "re.nku",
+            "rénku",
+            too_long.as_str(),
+        ] {
+            // The `=` form keeps clap from reading "-renku" as a flag.
+            let flag = format!("--watch-namespace={value}");
+            let error = parse(&[&flag]).expect_err(value);
+            assert!(
+                matches!(error, ConfigError::WatchNamespace(_)),
+                "{value}: {error:?}"
+            );
+            assert!(error.to_string().contains(value), "{error}");
+        }
+
+        let longest = "a".repeat(63);
+        for value in ["renku", "a", "0", "team-1", longest.as_str()] {
+            let config = parse(&["--watch-namespace", value]).expect(value);
+            assert_eq!(config.watch_namespace.as_deref(), Some(value));
+        }
+
+        let config = parse(&["--watch-namespace", ""]).expect("empty means all namespaces");
+        assert_eq!(config.watch_namespace, None);
+    }
+
+    #[test]
+    fn durations_format_in_flag_syntax() {
+        for (seconds, text) in [
+            (0, "0s"),
+            (45, "45s"),
+            (90, "1m30s"),
+            (7_200, "2h"),
+            (5_400, "1h30m"),
+            (604_800, "7d"),
+            (90_061, "1d1h1m1s"),
+        ] {
+            let duration = Duration::from_secs(seconds);
+            assert_eq!(format_duration(&duration), text);
+            assert_eq!(parse_duration(text), Ok(duration), "{text} parses back");
+        }
+        assert_eq!(format_duration(&Duration::from_millis(1_500)), "1s");
     }
 
     #[test]

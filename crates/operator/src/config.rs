@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long, env = "RENKU_SSH_GATEWAY_HOST")]
     pub gateway_host: String,
 
-    /// Public TCP port of the SSH gateway.
+    /// Public TCP port of the SSH gateway, from 1 to 65535.
     #[arg(long, env = "RENKU_SSH_GATEWAY_PORT", default_value_t = 22)]
     pub gateway_port: u16,
 
@@ -144,7 +144,8 @@ pub struct Args {
     )]
     pub lease_name: String,
 
-    /// Identity written to the Lease; defaults to `$POD_NAME`, else the host name.
+    /// Identity written to the Lease; defaults to `$POD_NAME`. Without it, the host name gets a
+    /// random suffix (`-` and 8 hex digits), so two operators on one machine differ.
     #[arg(long, env = "RENKU_SSH_LEASE_IDENTITY")]
     pub lease_identity: Option<String>,
 
@@ -408,6 +409,12 @@ pub enum ConfigError {
          ssh.renku.example.org"
     )]
     InvalidGatewayHost(String),
+    /// `--gateway-port` is 0.
+    #[error(
+        "invalid --gateway-port {0}: give the public TCP port users connect to, from 1 to 65535, \
+         for example 22"
+    )]
+    InvalidGatewayPort(u16),
     /// The key policy flags do not form a valid policy.
     #[error("invalid key policy: {0}")]
     KeyPolicy(#[from] authkeys::PolicyError),
@@ -516,6 +523,9 @@ impl Args {
         let host = self.gateway_host.trim();
         if host.is_empty() || host.contains(['/', ' ', '@']) {
             return Err(ConfigError::InvalidGatewayHost(self.gateway_host.clone()));
+        }
+        if self.gateway_port == 0 {
+            return Err(ConfigError::InvalidGatewayPort(self.gateway_port));
         }
         Ok(Gateway {
             host: host
@@ -713,17 +723,39 @@ fn read_secret(flag: &'static str, path: &Path) -> Result<Secret, ConfigError> {
     })
 }
 
-/// Returns `$POD_NAME`, else `$HOSTNAME`, else the kernel's host name.
+/// Returns the leader-election identity from `$POD_NAME`, else from `$HOSTNAME` or the kernel's
+/// host name (see [`identity_from`]).
 fn default_identity() -> Option<String> {
     let from_env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
-    from_env("POD_NAME")
-        .or_else(|| from_env("HOSTNAME"))
-        .or_else(|| {
+    let host_name = || {
+        from_env("HOSTNAME").or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .ok()
                 .map(|name| name.trim().to_owned())
                 .filter(|name| !name.is_empty())
         })
+    };
+    identity_from(from_env("POD_NAME"), host_name)
+}
+
+/// Returns `pod_name` as it is, else the host name with `-` and 8 random hex digits appended.
+/// Processes on one machine share a host name, and without the suffix each of them would take
+/// the other's renewals of the Lease for its own and act as leader.
+fn identity_from(
+    pod_name: Option<String>,
+    host_name: impl FnOnce() -> Option<String>,
+) -> Option<String> {
+    if pod_name.is_some() {
+        return pod_name;
+    }
+    let host_name = host_name()?;
+    let identity = format!("{host_name}-{:08x}", rand::random::<u32>());
+    tracing::info!(
+        %identity,
+        "POD_NAME and --lease-identity are unset: the leader-election identity is the host \
+         name with a random suffix"
+    );
+    Some(identity)
 }
 
 #[cfg(test)]
@@ -857,6 +889,56 @@ mod tests {
 
         gateway.host = "::1".into();
         assert_eq!(gateway.endpoint(), "[::1]:2022");
+    }
+
+    #[test]
+    fn gateway_port_zero_is_rejected() {
+        let error = args(&["--gateway-port", "0"])
+            .into_config()
+            .expect_err("port 0");
+
+        assert!(
+            matches!(error, ConfigError::InvalidGatewayPort(0)),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("--gateway-port 0"), "{error}");
+        assert!(error.to_string().contains("1 to 65535"), "{error}");
+    }
+
+    #[test]
+    fn gateway_port_range_ends_are_valid() {
+        for port in ["1", "65535"] {
+            let config = args(&["--gateway-port", port])
+                .into_config()
+                .expect("valid port");
+            assert_eq!(config.gateway.port.to_string(), port);
+        }
+        let argv = ["renku-ssh-operator", "--gateway-port", "65536"];
+        assert!(Args::try_parse_from(argv).is_err());
+    }
+
+    #[test]
+    fn identity_prefers_pod_name() {
+        let identity = identity_from(Some("operator-7d9f-x2k4".into()), || Some("node-1".into()));
+
+        assert_eq!(identity.as_deref(), Some("operator-7d9f-x2k4"));
+    }
+
+    #[test]
+    fn host_name_identity_gets_random_suffix() {
+        let first = identity_from(None, || Some("laptop".into())).expect("identity");
+        let second = identity_from(None, || Some("laptop".into())).expect("identity");
+
+        let suffix = first.strip_prefix("laptop-").expect("host name prefix");
+        assert_eq!(suffix.len(), 8, "{first}");
+        assert!(suffix.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+        // Two equal 32-bit suffixes have a probability of 2^-32.
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn identity_needs_pod_or_host_name() {
+        assert_eq!(identity_from(None, || None), None);
     }
 
     #[test]

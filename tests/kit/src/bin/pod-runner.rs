@@ -2,11 +2,12 @@
 //!
 //! `pod-runner <namespace> <pod>` waits for the pod and gives it a network namespace of its own
 //! ([`PodSandbox`]). It mounts the Secret volumes of the `renku-ssh` container and keeps them in
-//! sync as kubelet does, starts the real `renku-sshd` with the container's arguments, and writes
-//! the pod's status (Running, with the sandbox address as `podIP`). It runs until SIGTERM or
-//! SIGINT and then removes the sandbox. Needs root for the network namespace.
+//! sync as kubelet does, starts the real `renku-sshd` with the container's arguments and a
+//! container's environment (none of pod-runner's own variables), and writes the pod's status
+//! (Running, with the sandbox address as `podIP`). It runs until SIGTERM or SIGINT and then
+//! removes the sandbox. Needs root for the network namespace.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -16,6 +17,8 @@ use testkit::{PodSandbox, connect, mark_pod_running, sshd_binary, wait_for};
 
 /// Name of the sidecar container the admission webhook adds.
 const SIDECAR: &str = "renku-ssh";
+/// PATH that container runtimes (containerd, Docker) set when the image sets none.
+const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -55,7 +58,17 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         rewrite_prefix(&mut arguments, &mount_path, &directory);
     }
-    sandbox.spawn(SIDECAR, &sshd_binary()?, &arguments)?;
+    // `env -i` starts renku-sshd with only the container's variables, so a login into the
+    // session does not see KUBECONFIG or the secrets in pod-runner's own environment.
+    let mut env_arguments = vec!["-i".to_owned()];
+    env_arguments.extend(
+        container_env(&pod, &sidecar)
+            .into_iter()
+            .map(|(name, value)| format!("{name}={value}")),
+    );
+    env_arguments.push(sshd_binary()?.display().to_string());
+    env_arguments.extend(arguments);
+    sandbox.spawn(SIDECAR, Path::new("env"), &env_arguments)?;
     mark_pod_running(&pods, pod_name, &sandbox.pod_ip().to_string()).await?;
     println!(
         "pod-runner: {namespace}/{pod_name} runs renku-sshd at {}:2222 (network namespace {})",
@@ -88,6 +101,40 @@ fn sidecar_of(pod: &Pod) -> anyhow::Result<Container> {
                 pod.metadata.name.as_deref().unwrap_or_default()
             )
         })
+}
+
+/// Returns the environment a container runtime gives `container` of `pod`: PATH, HOME and
+/// HOSTNAME, then the container's `env` entries with a literal value, in spec order. HOME is
+/// pod-runner's own, because renku-sshd runs as the same user.
+fn container_env(pod: &Pod, container: &Container) -> Vec<(String, String)> {
+    let home = std::env::var("HOME")
+        .ok()
+        .filter(|home| !home.is_empty())
+        .unwrap_or_else(|| "/".to_owned());
+    let spec = pod.spec.as_ref();
+    let host_name = spec
+        .and_then(|spec| spec.hostname.clone())
+        .or_else(|| pod.metadata.name.clone())
+        .unwrap_or_default();
+    let mut variables = vec![
+        ("PATH".to_owned(), CONTAINER_PATH.to_owned()),
+        ("HOME".to_owned(), home),
+        ("HOSTNAME".to_owned(), host_name),
+    ];
+    for variable in container.env.iter().flatten() {
+        match &variable.value {
+            Some(value) => variables.push((variable.name.clone(), value.clone())),
+            // NOTE: valueFrom (fieldRef, secretKeyRef, ...) and `$(NAME)` references in values
+            // are not resolved; such variables are left out or passed through unexpanded.
+            None if variable.value_from.is_some() => println!(
+                "pod-runner: env {} of container {} uses valueFrom, which pod-runner does not \
+                 resolve; renku-sshd starts without it",
+                variable.name, container.name
+            ),
+            None => variables.push((variable.name.clone(), String::new())),
+        }
+    }
+    variables
 }
 
 /// Returns `(mount path, Secret name, volume name)` for each Secret volume the sidecar mounts.
@@ -131,6 +178,32 @@ fn rewrite_prefix(arguments: &mut [String], prefix: &str, directory: &std::path:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_env_has_only_container_variables() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "demo-0"},
+            "spec": {"containers": [{
+                "name": SIDECAR,
+                "env": [
+                    {"name": "LANG", "value": "C.UTF-8"},
+                    {"name": "EMPTY"},
+                    {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+                ]
+            }]}
+        }))
+        .expect("pod");
+        let sidecar = sidecar_of(&pod).expect("sidecar");
+
+        let variables = container_env(&pod, &sidecar);
+
+        let names: Vec<&str> = variables.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["PATH", "HOME", "HOSTNAME", "LANG", "EMPTY"]);
+        assert_eq!(variables[0].1, CONTAINER_PATH);
+        assert_eq!(variables[2].1, "demo-0");
+        assert_eq!(variables[3].1, "C.UTF-8");
+        assert_eq!(variables[4].1, "");
+    }
 
     #[test]
     fn rewrite_prefix_maps_paths_and_flag_values() {
