@@ -88,6 +88,15 @@ pub enum Error {
         /// Cause.
         reason: String,
     },
+    /// The host key is of a type that clients refuse.
+    #[error(
+        "host key {source_name} is a DSA key, which OpenSSH clients no longer accept: generate \
+         one with `ssh-keygen -t ed25519`"
+    )]
+    DsaHostKey {
+        /// The file or Secret.
+        source_name: String,
+    },
     /// The device-flow settings are unusable.
     #[error("cannot set up login without a key: {0}")]
     DeviceFlow(#[source] oidc::Error),
@@ -201,7 +210,10 @@ impl Gateway {
 
     /// Serves until `shutdown` completes, then drains connections (see [`server::serve`]).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        info!(address = ?self.listener.local_addr().ok(), "listening");
+        match self.listener.local_addr() {
+            Ok(address) => info!(%address, "listening"),
+            Err(error) => info!(%error, "listening on an address the system cannot report"),
+        }
         server::serve(
             self.listener,
             self.ssh_config,
@@ -241,6 +253,19 @@ fn ssh_config(config: &Config, host_key: PrivateKey) -> russh::server::Config {
 }
 
 async fn load_host_key(source: &HostKeySource, client: &Client) -> Result<PrivateKey, Error> {
+    let key = read_host_key(source, client).await?;
+    // OpenSSH clients no longer accept DSA host keys, and the gateway refuses DSA user keys.
+    if key.algorithm() == russh::keys::Algorithm::Dsa {
+        let source_name = match source {
+            HostKeySource::File(path) => path.display().to_string(),
+            HostKeySource::Secret(secret) => format!("Secret {secret}"),
+        };
+        return Err(Error::DsaHostKey { source_name });
+    }
+    Ok(key)
+}
+
+async fn read_host_key(source: &HostKeySource, client: &Client) -> Result<PrivateKey, Error> {
     match source {
         HostKeySource::File(path) => {
             russh::keys::load_secret_key(path, None).map_err(|error| Error::HostKeyFile {
@@ -314,4 +339,29 @@ async fn load_ca(
     context.caches.wait_until_ready().await;
     health.set_ready(true);
     info!("ready");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dsa_host_key_is_rejected() {
+        let folder = tempfile::tempdir().expect("temporary folder");
+        let path = folder.path().join("host_dsa");
+        let status = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "dsa", "-N", "", "-f"])
+            .arg(&path)
+            .status()
+            .expect("run ssh-keygen");
+        assert!(status.success());
+        // The file source never contacts the API server.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("URL"));
+        let client = Client::try_from(config).expect("client");
+
+        let error = load_host_key(&HostKeySource::File(path), &client)
+            .await
+            .expect_err("DSA host key");
+        assert!(matches!(error, Error::DsaHostKey { .. }), "{error}");
+    }
 }
