@@ -100,8 +100,12 @@ fn init_logging(args: &Args) -> Result<(), StartupError> {
         value: args.log_level.clone(),
         reason: error.to_string(),
     })?;
+    // Colors only on a terminal (and not under NO_COLOR): in a pod, stderr is a log file.
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !no_color;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => builder.init(),

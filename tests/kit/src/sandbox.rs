@@ -26,7 +26,8 @@ const SECRET_SYNC_INTERVAL: Duration = Duration::from_millis(300);
 
 /// A network namespace with its own address, and the processes started in it.
 ///
-/// Dropping it kills the processes and deletes the namespace, which also removes the veth pair.
+/// Dropping it kills the processes (also those they started inside the namespace) and deletes
+/// the namespace, which also removes the veth pair.
 pub struct PodSandbox {
     netns: String,
     host_ip: Ipv4Addr,
@@ -229,6 +230,16 @@ impl Drop for PodSandbox {
         for child in &mut self.processes {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // Processes started inside the session (a login's `setsid` daemon, say) are not our
+        // children; they would keep the namespace and its veth alive, so they go too.
+        if let Ok(output) = Command::new("ip")
+            .args(["netns", "pids", &self.netns])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
         }
         // Deleting the namespace destroys the pod end of the veth pair, and with it the host end.
         if let Err(error) = ip(&["netns", "delete", &self.netns]) {
