@@ -6,6 +6,10 @@
 //! container's environment (none of pod-runner's own variables), and writes the pod's status
 //! (Running, with the sandbox address as `podIP`). It runs until SIGTERM or SIGINT and then
 //! removes the sandbox. Needs root for the network namespace.
+//!
+//! NOTE: it serves the pod it found at start. A pod deleted and created again (a restarted
+//! session) stays Pending until pod-runner runs again (`make up` starts it). It always uses
+//! sandbox subnet 1 (10.213.1.0/30), so two `make up` runs on one machine collide.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
