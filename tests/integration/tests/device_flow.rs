@@ -98,6 +98,28 @@ async fn approve(world: &World, url: &str, code: &str, as_bob: bool, consent: Co
     approve_device_login(url, code, user, consent).await;
 }
 
+/// Checks that ssh failed to log in (status 255) and printed `message` on stderr.
+fn assert_refused(output: &std::process::Output, message: &str) {
+    assert_eq!(output.status.code(), Some(255), "{}", describe(output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(message),
+        "expected {message:?}: {}",
+        describe(output)
+    );
+}
+
+/// Runs `command` in `session` with `key` only, keyboard-interactive off (BatchMode).
+async fn key_login(
+    world: &World,
+    key: &Path,
+    session: &str,
+    command: &str,
+) -> anyhow::Result<std::process::Output> {
+    let mut ssh = world.env.ssh(key);
+    ssh.arg(format!("{session}@gateway")).arg(command);
+    Ok(tokio::task::spawn_blocking(move || ssh.output()).await??)
+}
+
 async fn approvals(world: &World) -> anyhow::Result<Vec<ConfigMap>> {
     let api = Api::<ConfigMap>::namespaced(world.env.client.clone(), world.env.ns());
     let list = api
@@ -149,10 +171,7 @@ async fn owner_approves_and_the_key_is_trusted_until_hibernation() -> anyhow::Re
     // (BatchMode). The gateway sees the approval through its watch, so allow it a moment.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let mut ssh = world.env.ssh(&laptop);
-        ssh.arg(format!("{}@gateway", session.name))
-            .arg("echo key-only");
-        let output = tokio::task::spawn_blocking(move || ssh.output()).await??;
+        let output = key_login(&world, &laptop, &session.name, "echo key-only").await?;
         if output.status.success() {
             break;
         }
@@ -199,10 +218,8 @@ async fn owner_approves_and_the_key_is_trusted_until_hibernation() -> anyhow::Re
         .create(&kube::api::PostParams::default(), &forged)
         .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut ssh = world.env.ssh(&intruder);
-    ssh.arg(format!("{}@gateway", session.name)).arg("true");
-    let output = tokio::task::spawn_blocking(move || ssh.output()).await??;
-    assert_eq!(output.status.code(), Some(255), "{}", describe(&output));
+    let output = key_login(&world, &intruder, &session.name, "true").await?;
+    assert_refused(&output, "Permission denied");
 
     // Hibernation ends the trust: the same key gets the device flow again.
     world.env.hibernate(&session.name, true).await?;
@@ -215,10 +232,8 @@ async fn owner_approves_and_the_key_is_trusted_until_hibernation() -> anyhow::Re
     // Resuming, even with the same pod, does not bring the trust back.
     world.env.hibernate(&session.name, false).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut ssh = world.env.ssh(&laptop);
-    ssh.arg(format!("{}@gateway", session.name)).arg("true");
-    let output = tokio::task::spawn_blocking(move || ssh.output()).await??;
-    assert_eq!(output.status.code(), Some(255), "{}", describe(&output));
+    let output = key_login(&world, &laptop, &session.name, "true").await?;
+    assert_refused(&output, "Permission denied");
     Ok(())
 }
 
@@ -233,13 +248,7 @@ async fn another_account_approving_gets_no_access() -> anyhow::Result<()> {
     let (_, url, code) = login.prompt().await?;
     approve(&world, &url, &code, true, Consent::Accept).await;
     let output = login.finish().await?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(255), "{}", describe(&output));
-    assert!(
-        stderr.contains("may not log in to session alice-oth"),
-        "{}",
-        describe(&output)
-    );
+    assert_refused(&output, "may not log in to session alice-oth");
     assert_eq!(
         login_prompts(&world, "bob"),
         1,
@@ -260,12 +269,7 @@ async fn denied_login_says_so() -> anyhow::Result<()> {
     let (_, url, code) = login.prompt().await?;
     approve(&world, &url, &code, false, Consent::Deny).await;
     let output = login.finish().await?;
-    assert_eq!(output.status.code(), Some(255), "{}", describe(&output));
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("denied in the browser"),
-        "{}",
-        describe(&output)
-    );
+    assert_refused(&output, "denied in the browser");
     Ok(())
 }
 
@@ -292,12 +296,7 @@ async fn expired_code_says_so() -> anyhow::Result<()> {
         .set_client_attribute(&client_id, "oauth2.device.code.lifespan", "600")
         .await;
     let output = result?;
-    assert_eq!(output.status.code(), Some(255), "{}", describe(&output));
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("code expired"),
-        "{}",
-        describe(&output)
-    );
+    assert_refused(&output, "code expired");
     Ok(())
 }
 
@@ -325,29 +324,16 @@ async fn provider_down_is_reported_and_keys_still_work() -> anyhow::Result<()> {
     login.prompt().await?;
     relay.shutdown();
     let output = login.finish().await?;
-    assert_eq!(output.status.code(), Some(255), "{}", describe(&output));
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("stopped answering"),
-        "{}",
-        describe(&output)
-    );
+    assert_refused(&output, "stopped answering");
 
     // With the provider down from the start, the user is told at once.
     let login = start_login(&world.env, &laptop, &session.name, "true", "down");
     let output = login.finish().await?;
-    assert_eq!(output.status.code(), Some(255), "{}", describe(&output));
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("is not answering"),
-        "{}",
-        describe(&output)
-    );
+    assert_refused(&output, "is not answering");
 
     // Key logins do not depend on the provider.
     let registered = world.env.dir.path().join("alice-down-registered");
-    let mut ssh = world.env.ssh(&registered);
-    ssh.arg(format!("{}@gateway", session.name))
-        .arg("echo key-login");
-    let output = tokio::task::spawn_blocking(move || ssh.output()).await??;
+    let output = key_login(&world, &registered, &session.name, "echo key-login").await?;
     assert!(output.status.success(), "{}", describe(&output));
     Ok(())
 }
@@ -397,17 +383,7 @@ async fn terminal_shows_the_prompt_and_takes_enter() -> anyhow::Result<()> {
         screen.contains(&format!("({}@127.0.0.1)", session.name)),
         "OpenSSH names the connection above the prompt: {screen:?}"
     );
-    let url = screen
-        .split_whitespace()
-        .find(|word| word.starts_with("http"))
-        .context("URL on the terminal")?
-        .to_owned();
-    let code = screen
-        .split("the code ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .context("code on the terminal")?
-        .to_owned();
+    let (url, code) = device_support::url_and_code(&screen)?;
 
     // Enter before the approval: the gateway keeps waiting for the browser.
     stdin.write_all(b"\r").await?;
@@ -431,12 +407,9 @@ async fn device_codes_are_rate_limited() -> anyhow::Result<()> {
     first.prompt().await?;
     let second = start_login(&world.env, &key, &session.name, "true", "limit-2");
     let output = second.finish().await?;
-    assert_eq!(output.status.code(), Some(255), "{}", describe(&output));
-    assert!(
-        String::from_utf8_lossy(&output.stderr)
-            .contains("too many login codes were requested from your address"),
-        "{}",
-        describe(&output)
+    assert_refused(
+        &output,
+        "too many login codes were requested from your address",
     );
     assert_eq!(login_prompts(&world, "limit-2"), 0);
     drop(first);
@@ -486,17 +459,7 @@ async fn without_terminal_the_url_goes_to_stderr() -> anyhow::Result<()> {
     })
     .await
     .context("no summary line on stderr")??;
-    let url = summary
-        .split_whitespace()
-        .find(|word| word.starts_with("http"))
-        .context("URL in the summary")?
-        .to_owned();
-    let code = summary
-        .split("(code ")
-        .nth(1)
-        .and_then(|rest| rest.strip_suffix(')'))
-        .context("code in the summary")?
-        .to_owned();
+    let (url, code) = device_support::url_and_code(&summary)?;
     approve(&world, &url, &code, false, Consent::Accept).await;
     let output = tokio::time::timeout(LOGIN_TIMEOUT, child.wait_with_output()).await??;
     assert!(output.status.success(), "{}", describe(&output));

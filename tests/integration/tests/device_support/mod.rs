@@ -93,17 +93,8 @@ impl Login {
         loop {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             if let Some(prompt) = text.split("--end--").next().filter(|p| !p.is_empty()) {
-                let url = prompt
-                    .split_whitespace()
-                    .find(|word| word.starts_with("http"))
-                    .context("prompt without URL")?
-                    .to_owned();
-                let code = prompt
-                    .split("the code ")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .context("prompt without code")?
-                    .to_owned();
+                let (url, code) =
+                    url_and_code(prompt).with_context(|| format!("prompt {prompt:?}"))?;
                 return Ok((prompt.to_owned(), url, code));
             }
             if tokio::time::Instant::now() > deadline {
@@ -120,6 +111,22 @@ impl Login {
             .context("ssh did not finish")?
             .context("ssh output")
     }
+}
+
+/// Returns the verification URL and the user code that the gateway's text shows, from the
+/// prompt ("... the code ABCD-EFGH ...") or the summary line ("... (code ABCD-EFGH)").
+pub fn url_and_code(text: &str) -> anyhow::Result<(String, String)> {
+    let url = text
+        .split_whitespace()
+        .find(|word| word.starts_with("http"))
+        .context("no URL")?;
+    let code = ["the code ", "(code "]
+        .iter()
+        .find_map(|marker| text.split(marker).nth(1))
+        .and_then(|rest| rest.split([' ', ')', '\n', '\r']).next())
+        .filter(|code| !code.is_empty())
+        .context("no user code")?;
+    Ok((url.to_owned(), code.to_owned()))
 }
 
 /// Signs in to Keycloak as `user` and presses `consent` for the code `code` shown with `url`.
