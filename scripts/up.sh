@@ -140,7 +140,7 @@ kubectl -n "$session_namespace" create secret generic "$owner-keys" \
   --from-file=authorized_keys="$demo/id_ed25519.pub" --dry-run=client -o yaml |
   kubectl apply --server-side --field-manager=renku-ssh-up -f - >/dev/null
 # The operator may create the session's SSHAccess first (the session is annotated) with the
-# same spec.user; forcing takes shared ownership of that field instead of failing on it.
+# same spec.user. Forcing takes shared ownership of that field instead of failing on it.
 sed -e "s/@SESSION@/$session/g" -e "s/@OWNER@/$owner/g" manifests/samples/session.yaml |
   kubectl -n "$session_namespace" apply --server-side --force-conflicts \
     --field-manager=renku-ssh-up -f - >/dev/null

@@ -218,8 +218,8 @@ pub fn authorize_user(
 }
 
 /// Decides whether the key `fingerprint` may log in to `session` because a device login
-/// approved it: the approval has not expired, the session still runs the pod and has the
-/// generation it was approved with and is not hibernated, and its subject still passes
+/// approved it. The approval must not have expired, and the session must still run the pod and
+/// have the generation it was approved with, and not be hibernated. Its subject must still pass
 /// [`authorize_user`]. The caller's lookup returns only approvals with a valid signature.
 pub fn authorize_approved_key(
     lookup: &impl Lookup,

@@ -271,7 +271,7 @@ pub struct DeviceFlowConfig {
     pub client_id: String,
     /// Requested scopes.
     pub scope: String,
-    /// Longest trust of an approved key.
+    /// Maximum trust period of an approved key.
     pub approval_ttl: Duration,
     /// Device codes per source address and window.
     pub max_codes_per_address: u32,

@@ -3,7 +3,7 @@
 //! in again for a while.
 //!
 //! The client gets one prompt that contains the verification URL and the user code. The gateway
-//! starts polling the token endpoint as soon as the code is issued and answers the client once
+//! starts polling the token endpoint as soon as the code is issued and replies to the client once
 //! the provider has decided. The verified token's subject must own the session.
 //!
 //! An approval is kept in the cluster, as a labelled ConfigMap in the session's namespace
@@ -310,11 +310,6 @@ impl DeviceLogin {
         })
     }
 
-    /// Returns the settings.
-    pub fn config(&self) -> &DeviceFlowConfig {
-        &self.config
-    }
-
     /// Returns the key that signs approvals.
     pub fn signing_key(&self) -> &PrivateKey {
         &self.signing_key
@@ -423,8 +418,8 @@ pub fn prompt_text(session: &str, authorization: &oidc::DeviceAuthorization) -> 
 }
 
 /// Returns one line with the page and the code. OpenSSH prints it to stderr before the prompt,
-/// so that a client without a terminal (and without `SSH_ASKPASS`) still shows where to
-/// approve; the login then goes on once it is approved.
+/// so a client without a terminal (and without `SSH_ASKPASS`) still shows where to approve.
+/// The login then goes on once someone approves.
 pub fn summary_text(session: &str, authorization: &oidc::DeviceAuthorization) -> String {
     let url = authorization
         .verification_uri_complete

@@ -38,7 +38,7 @@ pub struct Watched {
     pub session: String,
     /// Fingerprint of the key that logged in, or empty for a device login without a key.
     pub fingerprint: String,
-    /// What the login proved, re-checked on every pass.
+    /// Proof the login gave, checked again on every pass.
     pub proof: Proof,
     /// Whether the session was reachable at login; only then do hibernation and pod loss
     /// close the connection.

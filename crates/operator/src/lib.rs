@@ -118,7 +118,7 @@ where
 /// Drives a controller until it ends.
 ///
 /// A stop that comes before the controller's cache completed its first list drops the
-/// controller instead of waiting for it: kube-runtime 5.0 holds reconciles until the cache is
+/// controller instead of waiting for it: kube-runtime 5.0 delays reconciles until the cache is
 /// complete, and once the stop has ended the watch the cache never completes, so its graceful
 /// shutdown would wait forever. No reconcile has started at that point.
 pub(crate) async fn drive_controller(

@@ -129,7 +129,7 @@ async fn approvals(world: &World) -> anyhow::Result<Vec<ConfigMap>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn owner_approves_and_the_key_is_trusted_until_hibernation() -> anyhow::Result<()> {
+async fn owner_approval_trusts_key_until_hibernation() -> anyhow::Result<()> {
     let _realm = keycloak::shared_realm().await;
     let world = world("dev-owner", None).await?;
     let session = alice_session(&world, "alice-dev", 81).await?;
@@ -168,7 +168,7 @@ async fn owner_approves_and_the_key_is_trusted_until_hibernation() -> anyhow::Re
     assert_eq!(data.get("user"), Some(&world.alice_id));
 
     // The approved key now logs in on its own, even where keyboard-interactive is off
-    // (BatchMode). The gateway sees the approval through its watch, so allow it a moment.
+    // (BatchMode). The gateway reads the approval from its watch cache, so allow it a moment.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let output = key_login(&world, &laptop, &session.name, "echo key-only").await?;
@@ -183,7 +183,7 @@ async fn owner_approves_and_the_key_is_trusted_until_hibernation() -> anyhow::Re
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // An IDE's burst of parallel connections with the same key asks nothing.
+    // An IDE's burst of parallel connections with the same key gets no prompt.
     let burst: Vec<device_support::Login> = (0..4)
         .map(|index| {
             start_login(
@@ -202,7 +202,7 @@ async fn owner_approves_and_the_key_is_trusted_until_hibernation() -> anyhow::Re
     }
 
     // A copy of the approval for another key, written by anyone who may create ConfigMaps,
-    // does not carry a valid signature and lets nobody in.
+    // does not carry a valid signature, so the gateway rejects that key.
     let intruder = client_key(&world.env, "intruder");
     let mut forged = recorded[0].clone();
     forged.metadata = kube::api::ObjectMeta {
@@ -326,7 +326,7 @@ async fn provider_down_is_reported_and_keys_still_work() -> anyhow::Result<()> {
     let output = login.finish().await?;
     assert_refused(&output, "stopped answering");
 
-    // With the provider down from the start, the user is told at once.
+    // With the provider down from the start, the message comes at once.
     let login = start_login(&world.env, &laptop, &session.name, "true", "down");
     let output = login.finish().await?;
     assert_refused(&output, "is not answering");

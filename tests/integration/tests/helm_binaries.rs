@@ -771,8 +771,8 @@ async fn missing_rbac_rules_break_login() -> anyhow::Result<()> {
 /// Installs the chart, removes `missing` from it, starts both binaries and checks that
 /// `missing.failure` happens and that the component's output names the forbidden resource.
 async fn check_missing_rule(missing: &MissingRule, subnet: u8) -> anyhow::Result<()> {
-    // The gateway contacts the issuer only when a device login starts, which these cases do
-    // not; the address only turns the device flow and its RBAC rule on.
+    // The gateway contacts the issuer only when a device login starts, and these cases start
+    // none. The address only turns the device flow and its RBAC rule on.
     let release = Release::install("helm-rbac", "http://127.0.0.1:9/realms/unused").await?;
     release
         .remove_rule(missing.component, missing.resource)

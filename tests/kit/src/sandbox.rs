@@ -232,7 +232,7 @@ impl Drop for PodSandbox {
             let _ = child.wait();
         }
         // Processes started inside the session (a login's `setsid` daemon, say) are not our
-        // children; they would keep the namespace and its veth alive, so they go too.
+        // children. They would keep the namespace and its veth alive, so they are killed too.
         if let Ok(output) = Command::new("ip")
             .args(["netns", "pids", &self.netns])
             .output()

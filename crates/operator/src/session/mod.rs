@@ -245,9 +245,9 @@ fn spec_changes_and_deletions(
 
 /// The cache-complete signals the session controller uses.
 pub struct Sync {
-    /// Fired by the SSHAccess controller once its cache holds the full list.
+    /// Fired by the SSHAccess controller once its cache contains the full list.
     pub accesses: CancellationToken,
-    /// Fired here once the cache of sessions holds the full list.
+    /// Fired here once the cache of sessions contains the full list.
     pub sessions: CancellationToken,
 }
 
